@@ -1,0 +1,201 @@
+"""The Python API: ``magicbokeh.render(image, depth=None, focus=..., aperture=..., engine=...)``.
+
+It mirrors ``magicbokeh render`` on the command line and returns everything that went into the
+result, so any image can be reproduced from its settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from magicbokeh.depth.resolve import resolve_depth
+from magicbokeh.errors import MagicBokehError
+from magicbokeh.focus import FocusSpec, as_focus_spec, defocus_radius, resolve_focus
+from magicbokeh.io import LoadedImage, load_image
+from magicbokeh.optics import Aperture, render_physical
+from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
+from magicbokeh.runtime import DIFFUSION_MODEL_DIR, installed_model, resolve_device
+
+ENGINES = ("auto", "physical", "diffusion")
+MAX_SCALE = 8.0
+
+
+@dataclass
+class RenderResult:
+    """A rendered photo and what produced it.
+
+    ``image``: ``H×W×3`` float32 sRGB in [0, 1] at the output size; ``alpha``: the input's alpha
+    (``H×W``, carried through unchanged, resized with the image) or None; ``disparity``: ``H×W``
+    in [0, 1] at the output size; ``focus_disparity``: d_f; ``defocus``: circle-of-confusion
+    radius ``K·|d − d_f|`` in output pixels, ``H×W``; ``bit_depth``: the input's bits per channel.
+    """
+
+    image: np.ndarray
+    alpha: np.ndarray | None
+    disparity: np.ndarray
+    focus_disparity: float
+    defocus: np.ndarray
+    engine: str
+    depth_source: str
+    bit_depth: int = 8
+    settings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def select_engine(engine: str, model: str | Path | None = None) -> tuple[str, str | None]:
+    """The engine to run and, for ``auto``, a note saying which was picked and why."""
+    if engine not in ENGINES:
+        raise MagicBokehError(f"unknown engine {engine!r}: use auto, physical or diffusion")
+    available = model is not None or installed_model(DIFFUSION_MODEL_DIR) is not None
+    if engine == "diffusion" and not available:
+        raise MagicBokehError(
+            "the diffusion engine needs the MagicBokeh weights, which are not installed: "
+            "pass --model DIR, or use --engine physical"
+        )
+    if engine == "diffusion" or (engine == "auto" and available):
+        raise MagicBokehError(
+            "the diffusion engine is not part of this version yet: use --engine physical"
+        )
+    if engine == "auto":
+        return "physical", "engine: physical (no MagicBokeh weights installed)"
+    return "physical", None
+
+
+def render(
+    image: str | Path | np.ndarray | LoadedImage,
+    depth: object = None,
+    focus: object = "auto",
+    aperture: float = 16.0,
+    engine: str = "auto",
+    *,
+    depth_kind: str = "disparity",
+    aperture_shape: Aperture | None = None,
+    highlight: float = DEFAULT_HIGHLIGHT,
+    chromatic: tuple[float, float, float] | None = None,
+    scale: float = 1.0,
+    device: str = "auto",
+    model: str | Path | None = None,
+    progress: bool = False,
+) -> RenderResult:
+    """Render ``image`` with lens bokeh focused at ``focus``.
+
+    ``image``: a path, a :class:`LoadedImage`, or an ``H×W×3`` sRGB array (float in [0, 1] or
+    uint8). ``depth``: see :mod:`magicbokeh.depth.resolve`. ``focus``: ``"auto"``, ``(x, y)`` or
+    ``(x0, y0, x1, y1)`` in input-image pixels, a disparity value in [0, 1], a mask array, or a
+    :class:`FocusSpec`. ``aperture``: K, the blur radius in output pixels per unit disparity
+    difference (0 = no blur). ``scale``: upsample the input by this factor first.
+    """
+    if not np.isfinite(aperture) or aperture < 0:
+        raise MagicBokehError(
+            f"aperture K must be ≥ 0 (got {aperture:g}): 0 means no blur, 32 is strong blur"
+        )
+    if not 0 < scale <= MAX_SCALE:
+        raise MagicBokehError(f"scale must be in (0, {MAX_SCALE:g}] (got {scale:g})")
+    engine_name, note = select_engine(engine, model)
+    torch_device = resolve_device(device)
+    loaded = _as_loaded_image(image)
+    image_path = loaded.source if isinstance(image, str | Path) else None
+    spec = as_focus_spec(focus)
+    resolved = resolve_depth(
+        depth, loaded.rgb, image_path=image_path, kind=depth_kind, device=torch_device
+    )
+    d_f = resolve_focus(resolved.disparity, spec)
+    rgb, alpha, disparity = _rescaled(loaded, resolved.disparity, scale)
+    shape = aperture_shape or Aperture()
+    output = render_physical(
+        _to_tensor(rgb).to(torch_device),
+        _to_tensor(disparity).to(torch_device),
+        d_f,
+        aperture,
+        aperture_shape=shape,
+        highlight=highlight,
+        chromatic=chromatic,
+        progress=progress,
+    )
+    defocus = defocus_radius(torch.from_numpy(disparity), d_f, aperture).numpy()
+    settings = {
+        "engine": engine_name,
+        "aperture_K": float(aperture),
+        "aperture_shape": {
+            "blades": shape.blades,
+            "rotation_deg": shape.rotation,
+            "roundness": shape.roundness,
+            "cat_eye": shape.cat_eye,
+        },
+        "chromatic": list(chromatic) if chromatic else None,
+        "highlight": float(highlight),
+        "scale": float(scale),
+        "focus": spec.describe(),
+        "focus_disparity": d_f,
+        "depth_source": resolved.source,
+        "depth_kind": depth_kind,
+        "device": str(torch_device),
+        "input": str(image_path) if image_path else None,
+        "input_size": [loaded.rgb.shape[1], loaded.rgb.shape[0]],
+        "output_size": [rgb.shape[1], rgb.shape[0]],
+    }
+    return RenderResult(
+        image=output[0].permute(1, 2, 0).float().cpu().numpy(),
+        alpha=alpha,
+        disparity=disparity,
+        focus_disparity=d_f,
+        defocus=defocus,
+        engine=engine_name,
+        depth_source=resolved.source,
+        bit_depth=loaded.bit_depth,
+        settings=settings,
+        warnings=[w for w in (note, resolved.warning) if w],
+    )
+
+
+def _as_loaded_image(image: object) -> LoadedImage:
+    if isinstance(image, LoadedImage):
+        return image
+    if isinstance(image, str | Path):
+        return load_image(image)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or array.shape[0] * array.shape[1] == 0:
+        raise MagicBokehError(f"an image array must be H×W×3 (or ×4), got shape {array.shape}")
+    bit_depth = 16 if array.dtype == np.uint16 else 8
+    if array.dtype.kind in "ui":
+        array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    array = np.clip(array.astype(np.float32), 0.0, 1.0)
+    alpha = array[..., 3] if array.shape[2] == 4 else None
+    return LoadedImage(
+        rgb=array[..., :3], alpha=alpha, bit_depth=bit_depth, icc_profile=None, source=None
+    )
+
+
+def _rescaled(
+    loaded: LoadedImage, disparity: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Resize image (Lanczos up, area down), alpha and disparity (bilinear) by ``scale``."""
+    if scale == 1.0:
+        return loaded.rgb, loaded.alpha, disparity
+    height, width = loaded.rgb.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    method = cv2.INTER_LANCZOS4 if scale > 1 else cv2.INTER_AREA
+
+    def resize(x: np.ndarray, interpolation: int) -> np.ndarray:
+        out = cv2.resize(
+            np.ascontiguousarray(x, dtype=np.float32), size, interpolation=interpolation
+        )
+        return np.clip(out, 0.0, 1.0)
+
+    alpha = None if loaded.alpha is None else resize(loaded.alpha, cv2.INTER_LINEAR)
+    return resize(loaded.rgb, method), alpha, resize(disparity, cv2.INTER_LINEAR)
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    """``H×W`` or ``H×W×C`` → ``1×C×H×W`` float32."""
+    if array.ndim == 2:
+        array = array[..., None]
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)[None]
+
+
+__all__ = ["RenderResult", "render", "select_engine", "FocusSpec"]

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``magicbokeh`` command line, one module each."""

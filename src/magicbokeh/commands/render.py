@@ -1,0 +1,173 @@
+"""``magicbokeh render INPUT -o OUTPUT [...]``: one photo in, one photo with bokeh out.
+
+Every output path is checked before any work; the image, the optional depth and defocus maps
+and the JSON sidecar are written atomically; existing files are kept unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from magicbokeh.errors import MagicBokehError
+from magicbokeh.focus import FocusSpec, parse_numbers
+
+#: Output extensions that keep 16 bits per channel when the input had them.
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+FLOAT_MAP_SUFFIXES = (".npy", ".tif", ".tiff", ".exr", ".pfm")
+
+
+def add_subparser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "render",
+        help="render one photo with lens bokeh",
+        description="Render a photo with realistic, controllable lens bokeh.",
+    )
+    p.add_argument("input", type=Path, metavar="INPUT", help="photo (JPEG, PNG, TIFF, WebP, HEIC)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output image path")
+    p.add_argument("--engine", choices=("auto", "physical", "diffusion"), default="auto")
+    p.add_argument("--model", type=Path, help="MagicBokeh model folder (diffusion engine)")
+    p.add_argument(
+        "--depth",
+        default="auto",
+        metavar="auto|embedded|heuristic|FILE",
+        help="depth source (default auto: embedded, else depth model, else a weight-free guess)",
+    )
+    p.add_argument(
+        "--depth-kind",
+        choices=("disparity", "depth"),
+        default="disparity",
+        help="convention of a depth FILE: disparity (larger = nearer, default) or depth",
+    )
+    focus = p.add_mutually_exclusive_group()
+    focus.add_argument("--focus", metavar="X,Y|auto", help="focus point in input pixels, or auto")
+    focus.add_argument("--focus-box", metavar="X0,Y0,X1,Y1", help="focus on the box's median")
+    focus.add_argument("--focus-mask", type=Path, metavar="FILE", help="focus on a mask image")
+    focus.add_argument("--focus-disparity", type=float, metavar="V", help="focus disparity 0..1")
+    p.add_argument(
+        "--aperture",
+        type=float,
+        default=16.0,
+        metavar="K",
+        help="blur radius in output pixels per unit disparity difference (0 = no blur)",
+    )
+    p.add_argument("--blades", type=int, default=0, help="aperture blades (0 = round)")
+    p.add_argument("--rotation", type=float, default=0.0, metavar="DEG", help="blade rotation")
+    p.add_argument("--roundness", type=float, default=0.0, help="0 = straight blades, 1 = round")
+    p.add_argument("--cat-eye", type=float, default=0.0, help="cat-eye strength (0 = none)")
+    p.add_argument(
+        "--chromatic", metavar="KR,KG,KB", help="per-channel multipliers of K (lens colour fringes)"
+    )
+    p.add_argument("--highlight", type=float, metavar="AMOUNT", help="clipped-highlight boost")
+    p.add_argument("--scale", type=float, default=1.0, metavar="S", help="upsample input first")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--save-depth", type=Path, metavar="FILE", help="also save the disparity used")
+    p.add_argument(
+        "--save-defocus",
+        type=Path,
+        metavar="FILE",
+        help="also save the defocus map: CoC radius in pixels (.npy/.tif/.exr/.pfm) "
+        "or |d - d_f| as 16-bit (.png)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.set_defaults(func=run)
+
+
+def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
+    """The focus spec named by the mutually exclusive ``--focus*`` options."""
+    if args.focus_box:
+        return FocusSpec("box", box=parse_numbers(args.focus_box, 4, "--focus-box"))
+    if args.focus_mask:
+        from magicbokeh.io import load_image
+
+        mask = load_image(args.focus_mask)
+        return FocusSpec("mask", mask=mask.rgb.max(axis=2))
+    if args.focus_disparity is not None:
+        return FocusSpec("disparity", value=args.focus_disparity)
+    if args.focus and args.focus != "auto":
+        return FocusSpec("point", point=parse_numbers(args.focus, 2, "--focus"))
+    return FocusSpec("auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from magicbokeh.api import render
+    from magicbokeh.io import ensure_writable, save_depth, save_image, sidecar_path, write_sidecar
+    from magicbokeh.optics import Aperture
+    from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
+
+    if args.aperture < 0 or not np.isfinite(args.aperture):
+        raise MagicBokehError(
+            f"--aperture must be ≥ 0 (got {args.aperture:g}): 0 means no blur, 32 is strong blur"
+        )
+    chromatic = parse_numbers(args.chromatic, 3, "--chromatic") if args.chromatic else None
+    outputs = [args.output, sidecar_path(args.output), args.save_depth, args.save_defocus]
+    outputs = [path for path in outputs if path is not None]
+    if args.input.resolve() in {path.resolve() for path in outputs}:
+        raise MagicBokehError("the output would replace the input: choose another -o path")
+    for path in outputs:
+        ensure_writable(path, overwrite=args.overwrite)
+    if args.save_defocus and args.save_defocus.suffix.lower() not in (
+        *FLOAT_MAP_SUFFIXES,
+        ".png",
+    ):
+        raise MagicBokehError(
+            f"cannot save a defocus map as {args.save_defocus.suffix!r}: use .npy, .tif, .exr, "
+            ".pfm or .png"
+        )
+    spec = focus_spec_from_args(args)
+    result = render(
+        args.input,
+        depth=args.depth,
+        focus=spec,
+        aperture=args.aperture,
+        engine=args.engine,
+        depth_kind=args.depth_kind,
+        aperture_shape=Aperture(
+            blades=args.blades,
+            rotation=args.rotation,
+            roundness=args.roundness,
+            cat_eye=args.cat_eye,
+        ),
+        highlight=DEFAULT_HIGHLIGHT if args.highlight is None else args.highlight,
+        chromatic=chromatic,
+        scale=args.scale,
+        device=args.device,
+        model=args.model,
+        progress=not args.quiet,
+    )
+    for warning in result.warnings:
+        if not args.quiet or warning.startswith("no depth"):
+            print(f"warning: {warning}", file=sys.stderr)
+    bit_depth = (
+        16 if result.bit_depth == 16 and args.output.suffix.lower() in SIXTEEN_BIT_SUFFIXES else 8
+    )
+    save_image(
+        args.output, result.image, alpha=result.alpha, bit_depth=bit_depth, overwrite=args.overwrite
+    )
+    if args.save_depth:
+        save_depth(args.save_depth, result.disparity, overwrite=args.overwrite)
+    if args.save_defocus:
+        _save_defocus(args.save_defocus, result.defocus, args.aperture, args.overwrite)
+    settings = dict(result.settings, output=str(args.output), output_bit_depth=bit_depth)
+    write_sidecar(args.output, settings, overwrite=args.overwrite)
+    if not args.quiet:
+        print(
+            f"wrote {args.output} ({result.engine} engine, K={args.aperture:g}, "
+            f"focus disparity {result.focus_disparity:.3f}, depth: {result.depth_source})"
+        )
+    return 0
+
+
+def _save_defocus(path: Path, radius: np.ndarray, aperture: float, overwrite: bool) -> None:
+    """Radius in pixels for float formats; ``|d − d_f|`` (= radius / K) for 16-bit PNG."""
+    from magicbokeh.io import save_depth
+
+    if path.suffix.lower() == ".png":
+        relative = radius / aperture if aperture > 0 else np.zeros_like(radius)
+        save_depth(path, np.clip(relative, 0.0, 1.0), overwrite=overwrite)
+    else:
+        save_depth(path, radius.astype(np.float32), overwrite=overwrite)

@@ -1,0 +1,120 @@
+"""Pick the disparity for an image: a file, an array, the photo's own depth, a model, or a guess.
+
+``depth`` may be:
+
+- ``None`` or ``"auto"``: depth embedded in the photo if present, else an installed depth
+  model (the degradation-aware one first), else :func:`heuristic_disparity` with a warning;
+- ``"embedded"``: the depth stored by the phone in the file (iPhone portrait HEIC, Google
+  GDepth / Dynamic Depth JPEG); an error when there is none;
+- ``"heuristic"``: the weight-free guess;
+- a path to a depth file, read with ``kind`` (``"disparity"``: larger = nearer; ``"depth"``:
+  larger = farther, converted as 1/depth) and min-max normalised;
+- an array ``H×W`` (or a tensor ``1×1×H×W``), taken as disparity in [0, 1].
+
+Every answer is ``H×W`` float32 disparity in [0, 1] at the image's size, with a short
+``depth_source`` string for sidecars and, for the guess, a warning for the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magicbokeh.depth.heuristic import heuristic_disparity
+from magicbokeh.errors import MagicBokehError
+from magicbokeh.io import load_depth, match_depth_to_image, read_embedded_depth
+from magicbokeh.runtime import DEPTH_MODEL_DIRS, installed_model
+
+HEURISTIC_WARNING = (
+    "no depth given and no depth model installed: using a weight-free depth guess "
+    "(pass --depth FILE for real depth, or run `magicbokeh download` for the depth model)"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedDepth:
+    """Disparity ``H×W`` float32 in [0, 1] (larger = nearer), where it came from, any warning."""
+
+    disparity: np.ndarray
+    source: str
+    warning: str | None = None
+
+
+def resolve_depth(
+    depth: object,
+    rgb: np.ndarray,
+    *,
+    image_path: str | Path | None = None,
+    kind: str = "disparity",
+    device: torch.device | None = None,
+) -> ResolvedDepth:
+    """Disparity for ``rgb`` (``H×W×3`` sRGB in [0, 1]) from ``depth`` (see the module doc)."""
+    height, width = rgb.shape[:2]
+    if kind not in ("disparity", "depth"):
+        raise MagicBokehError(f"unknown depth kind {kind!r}: use disparity or depth")
+    if isinstance(depth, np.ndarray | torch.Tensor):
+        array = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else depth
+        array = np.squeeze(np.asarray(array, dtype=np.float32))
+        _check_array(array)
+        if kind == "depth":
+            raise MagicBokehError("depth arrays must be disparity in [0, 1]; convert first")
+        return ResolvedDepth(match_depth_to_image(array, height, width, source="depth"), "array")
+    if depth is None or depth == "auto":
+        embedded = _embedded(image_path)
+        if embedded is not None:
+            return ResolvedDepth(match_depth_to_image(embedded, height, width), "embedded")
+        learned = _learned(rgb, device)
+        if learned is not None:
+            return learned
+        return ResolvedDepth(heuristic_disparity(rgb), "heuristic", HEURISTIC_WARNING)
+    if depth == "embedded":
+        embedded = _embedded(image_path)
+        if embedded is None:
+            raise MagicBokehError(
+                f"{image_path or 'the image'} carries no embedded depth map: "
+                "pass --depth FILE or --depth auto"
+            )
+        return ResolvedDepth(match_depth_to_image(embedded, height, width), "embedded")
+    if depth == "heuristic":
+        return ResolvedDepth(heuristic_disparity(rgb), "heuristic", HEURISTIC_WARNING)
+    path = Path(str(depth))
+    disparity = load_depth(path, kind=kind)
+    return ResolvedDepth(
+        match_depth_to_image(disparity, height, width, source=path.name), f"file:{path}"
+    )
+
+
+def _check_array(array: np.ndarray) -> None:
+    if array.ndim != 2:
+        raise MagicBokehError(f"a depth array must be H×W, got shape {array.shape}")
+    bad = int((~np.isfinite(array)).sum())
+    if bad:
+        raise MagicBokehError(
+            f"the depth array has {bad} NaN/inf values: fill them (e.g. nearest valid value) first"
+        )
+    if array.min() < 0.0 or array.max() > 1.0:
+        raise MagicBokehError(
+            f"a disparity array must lie in [0, 1] (got {array.min():g}..{array.max():g}): "
+            "normalise it, or save it to a file and pass --depth FILE"
+        )
+
+
+def _embedded(image_path: str | Path | None) -> np.ndarray | None:
+    return None if image_path is None else read_embedded_depth(image_path)
+
+
+def _learned(rgb: np.ndarray, device: torch.device | None) -> ResolvedDepth | None:
+    for name in DEPTH_MODEL_DIRS:
+        folder = installed_model(name)
+        if folder is None:
+            continue
+        from magicbokeh.depth.depth_anything import DepthAnythingEstimator
+
+        estimator = DepthAnythingEstimator.from_pretrained(folder, device=device)
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        disparity = estimator(image.to(device or "cpu"))[0, 0].float().cpu().numpy()
+        return ResolvedDepth(disparity, f"model:{name}")
+    return None

@@ -1,0 +1,40 @@
+"""Project hygiene: CI runs the README's test command; the code is ruff clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```bash\n\s*(python3 -m venv .*?)\n\s*```", text)
+
+
+def test_readme_has_two_setup_commands_and_ci_runs_the_test_one() -> None:
+    commands = readme_commands()
+    assert len(commands) == 2
+    demo, tests = commands
+    assert demo.endswith("magicbokeh demo -o demo_out") and "torch==2.13.0" in demo
+    assert "pytest" in tests and "torch==2.13.0" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ruff_clean() -> None:
+    ruff = shutil.which("ruff") or (Path(__import__("sys").executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    done = subprocess.run(
+        [str(ruff), "check", "src", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
