@@ -1,0 +1,129 @@
+"""Safe output paths: check early, write to a temporary file, then move into place.
+
+Every file magicbokeh writes goes through :func:`atomic_write`, so an interrupted or failed
+run never leaves a partial file under the final name, and an existing file is only replaced
+when the caller asked for it (``overwrite=True``, the CLI's ``--overwrite``).
+
+Call :func:`ensure_writable` before expensive work (model loading, rendering) so that a bad
+output path fails in a second rather than after minutes of compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from magicbokeh.errors import MagicBokehError
+
+__all__ = ["atomic_write", "ensure_writable"]
+
+
+def _exists_message(path: Path) -> str:
+    return f"{path} exists; pass --overwrite (overwrite=True) to replace it or choose another name"
+
+
+def ensure_writable(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Check that ``path`` can be written, creating missing parent folders.
+
+    Args:
+        path: the output file.
+        overwrite: whether an existing file at ``path`` may be replaced.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path` (with ``~`` expanded).
+
+    Raises:
+        MagicBokehError: ``path`` is a folder; it exists and ``overwrite`` is False; its
+            parent folder does not exist and cannot be created; or the folder does not let us
+            create files (checked by actually creating and removing a temporary file).
+    """
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise MagicBokehError(
+            f"{target} is a folder; give a file name such as {target / 'out.png'}"
+        )
+    if target.exists() and not overwrite:
+        raise MagicBokehError(_exists_message(target))
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MagicBokehError(
+            f"cannot create the output folder {folder} ({reason}); choose a folder you can write to"
+        ) from None
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".magicbokeh-probe-")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MagicBokehError(
+            f"cannot write to the folder {folder} ({reason}); choose a folder you can write to"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    return target
+
+
+def _default_file_mode() -> int:
+    """The mode a plainly created file gets: 0o666 minus the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it to ``path`` when the block succeeds.
+
+    The temporary file lives in the same folder (so the final move is an atomic rename on the
+    same file system) and has the same suffix (so codecs that pick the format from the
+    extension write the right format). It exists, empty, when the block starts; writers
+    replace its contents.
+
+    On success the file gets ordinary permissions (those of the file it replaces, else
+    0o666 minus the umask) and is moved to ``path``; without ``overwrite`` the move refuses
+    to replace a file that appeared meanwhile. On any exception, including one from the
+    final check, the temporary file is removed and nothing is left behind.
+
+    Raises:
+        MagicBokehError: see :func:`ensure_writable`; also when ``path`` appeared during
+            the write and ``overwrite`` is False.
+    """
+    target = ensure_writable(path, overwrite=overwrite)
+    handle, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix
+    )
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except OSError:
+            mode = _default_file_mode()
+        os.chmod(temporary, mode)
+        if overwrite:
+            os.replace(temporary, target)
+        else:
+            _move_without_replacing(temporary, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def _move_without_replacing(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``, failing if ``target`` exists (atomically where possible)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise MagicBokehError(_exists_message(target)) from None
+    except OSError:
+        # File systems without hard links: check, then rename (a narrow race remains).
+        if target.exists():
+            raise MagicBokehError(_exists_message(target)) from None
+        os.replace(source, target)
+    else:
+        source.unlink()

@@ -1,0 +1,173 @@
+"""Atomic writes, output-path checks and JSON sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from magicbokeh.errors import MagicBokehError
+from magicbokeh.io import atomic_write, ensure_writable, read_sidecar, sidecar_path, write_sidecar
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_ensure_writable_accepts_new_file_and_creates_parents(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "out.png"
+    assert ensure_writable(target, overwrite=False) == target
+    assert target.parent.is_dir()
+    assert _listing(target.parent) == []  # the probe file is gone
+
+
+def test_ensure_writable_refuses_existing_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"x")
+    with pytest.raises(MagicBokehError, match="exists; pass --overwrite"):
+        ensure_writable(target, overwrite=False)
+    assert ensure_writable(target, overwrite=True) == target
+
+
+def test_ensure_writable_refuses_directory(tmp_path: Path) -> None:
+    with pytest.raises(MagicBokehError, match="is a folder"):
+        ensure_writable(tmp_path, overwrite=True)
+
+
+def test_ensure_writable_refuses_folder_that_cannot_exist(tmp_path: Path) -> None:
+    blocker = tmp_path / "plain_file"
+    blocker.write_bytes(b"x")
+    with pytest.raises(MagicBokehError, match="cannot create the output folder"):
+        ensure_writable(blocker / "sub" / "out.png", overwrite=False)
+
+
+def test_ensure_writable_refuses_read_only_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        try:
+            (folder / "probe").write_bytes(b"x")
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("permissions do not restrict this user (running as root)")
+        with pytest.raises(MagicBokehError, match="cannot write to the folder"):
+            ensure_writable(folder / "out.png", overwrite=False)
+    finally:
+        folder.chmod(stat.S_IRWXU)
+
+
+def test_atomic_write_moves_result_into_place(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    with atomic_write(target, overwrite=False) as temporary:
+        assert temporary.parent == tmp_path
+        assert temporary.suffix == ".png"
+        assert temporary != target
+        temporary.write_bytes(b"payload")
+        assert not target.exists()
+    assert target.read_bytes() == b"payload"
+    assert _listing(tmp_path) == ["out.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    with pytest.raises(RuntimeError, match="boom"), atomic_write(target, overwrite=False) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert _listing(tmp_path) == []
+
+
+def test_atomic_write_keeps_old_file_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(target, overwrite=True) as temporary:
+        temporary.write_bytes(b"new")
+        raise RuntimeError("fail")
+    assert target.read_bytes() == b"old"
+    assert _listing(tmp_path) == ["out.png"]
+
+
+def test_atomic_write_refuses_existing_and_overwrites_when_asked(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_bytes(b"old")
+    with pytest.raises(MagicBokehError, match="--overwrite"), atomic_write(target, overwrite=False):
+        pass
+    target.chmod(0o640)
+    with atomic_write(target, overwrite=True) as temporary:
+        temporary.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert _listing(tmp_path) == ["out.txt"]
+
+
+def test_atomic_write_rechecks_at_the_end(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with (
+        pytest.raises(MagicBokehError, match="exists"),
+        atomic_write(target, overwrite=False) as temporary,
+    ):
+        temporary.write_bytes(b"mine")
+        target.write_bytes(b"someone else's")
+    assert target.read_bytes() == b"someone else's"
+    assert _listing(tmp_path) == ["out.txt"]
+
+
+def test_sidecar_path_appends_json() -> None:
+    assert sidecar_path("results/out.png") == Path("results/out.png.json")
+
+
+def test_sidecar_round_trip(tmp_path: Path) -> None:
+    image = tmp_path / "out.png"
+    settings = {
+        "engine": "physical",
+        "K": np.float32(12.5),
+        "seed": np.int64(7),
+        "focus": (120, 80),
+        "d_f": torch.tensor(0.25),
+        "weights": np.array([0.5, 1.0]),
+        "depth_file": tmp_path / "depth.png",
+        "tags": {"b", "a"},
+        "not_a_number": float("nan"),
+    }
+    written = write_sidecar(image, settings, overwrite=False)
+    assert written == tmp_path / "out.png.json"
+    text = written.read_text()
+    assert text.startswith("{\n  ")
+    keys = list(json.loads(text))
+    assert keys == sorted(keys)
+    record = read_sidecar(image)
+    assert record == read_sidecar(written)
+    assert record["engine"] == "physical"
+    assert record["K"] == 12.5 and record["seed"] == 7
+    assert record["focus"] == [120, 80]
+    assert record["d_f"] == 0.25
+    assert record["weights"] == [0.5, 1.0]
+    assert record["depth_file"] == str(tmp_path / "depth.png")
+    assert record["tags"] == ["a", "b"]
+    assert record["not_a_number"] == "nan"
+    versions = record["versions"]
+    for key in ("magicbokeh", "python", "torch", "numpy", "pillow"):
+        assert isinstance(versions[key], str) and versions[key]
+    assert record["created"].endswith("+00:00")
+    with pytest.raises(MagicBokehError, match="exists"):
+        write_sidecar(image, settings, overwrite=False)
+    write_sidecar(image, {"engine": "diffusion"}, overwrite=True)
+    assert read_sidecar(written)["engine"] == "diffusion"
+
+
+def test_read_sidecar_errors(tmp_path: Path) -> None:
+    with pytest.raises(MagicBokehError, match="does not exist"):
+        read_sidecar(tmp_path / "none.png")
+    bad = tmp_path / "bad.png.json"
+    bad.write_text("{not json")
+    with pytest.raises(MagicBokehError, match="not valid JSON"):
+        read_sidecar(bad)
