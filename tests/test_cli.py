@@ -261,11 +261,9 @@ def test_image_over_the_pixel_limit(
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import magicbokeh.io.images as images
-
-    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    monkeypatch.setenv("MAGICBOKEH_MAX_PIXELS", "1000")
     code = run_cli("render", scene["image"], "-o", tmp_path / "o.png")
-    assert_clean_error(capsys, code, "MP")
+    assert_clean_error(capsys, code, "MP", "MAGICBOKEH_MAX_PIXELS")
     assert not (tmp_path / "o.png").exists()
 
 

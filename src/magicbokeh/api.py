@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -15,11 +16,21 @@ import torch
 
 from magicbokeh.depth.resolve import resolve_depth
 from magicbokeh.errors import MagicBokehError
-from magicbokeh.focus import FocusSpec, as_focus_spec, defocus_radius, resolve_focus
+from magicbokeh.focus import (
+    LEARNED_K_MAX,
+    FocusSpec,
+    as_focus_spec,
+    defocus_radius,
+    resize_mask,
+    resolve_focus,
+)
 from magicbokeh.io import LoadedImage, load_image
 from magicbokeh.optics import Aperture, render_physical
 from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 from magicbokeh.runtime import DIFFUSION_MODEL_DIR, installed_model, resolve_device
+
+if TYPE_CHECKING:
+    from magicbokeh.pipeline import MagicBokehPipeline
 
 ENGINES = ("auto", "physical", "diffusion")
 MAX_SCALE = 8.0
@@ -32,7 +43,9 @@ class RenderResult:
     ``image``: ``H×W×3`` float32 sRGB in [0, 1] at the output size; ``alpha``: the input's alpha
     (``H×W``, carried through unchanged, resized with the image) or None; ``disparity``: ``H×W``
     in [0, 1] at the output size; ``focus_disparity``: d_f; ``defocus``: circle-of-confusion
-    radius ``K·|d − d_f|`` in output pixels, ``H×W``; ``bit_depth``: the input's bits per channel.
+    radius ``K·|d − d_f|`` in output pixels, ``H×W``; ``bit_depth``: the input's bits per channel;
+    ``raw``: learned engine only, the blended network output before the colour fix, ``H×W×3``
+    in [−1, 1].
     """
 
     image: np.ndarray
@@ -45,6 +58,7 @@ class RenderResult:
     bit_depth: int = 8
     settings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    raw: np.ndarray | None = None
 
 
 def select_engine(engine: str, model: str | Path | None = None) -> tuple[str, str | None]:
@@ -55,15 +69,13 @@ def select_engine(engine: str, model: str | Path | None = None) -> tuple[str, st
     if engine == "diffusion" and not available:
         raise MagicBokehError(
             "the diffusion engine needs the MagicBokeh weights, which are not installed: "
-            "pass --model DIR, or use --engine physical"
-        )
-    if engine == "diffusion" or (engine == "auto" and available):
-        raise MagicBokehError(
-            "the diffusion engine is not part of this version yet: use --engine physical"
+            "run `magicbokeh download`, pass --model DIR, or use --engine physical"
         )
     if engine == "auto":
+        if available:
+            return "diffusion", "engine: diffusion (MagicBokeh weights found)"
         return "physical", "engine: physical (no MagicBokeh weights installed)"
-    return "physical", None
+    return engine, None
 
 
 def render(
@@ -80,6 +92,10 @@ def render(
     scale: float = 1.0,
     device: str = "auto",
     model: str | Path | None = None,
+    dtype: str = "fp32",
+    released: bool = False,
+    vae_sample: bool = False,
+    seed: int = 0,
     progress: bool = False,
 ) -> RenderResult:
     """Render ``image`` with lens bokeh focused at ``focus``.
@@ -89,6 +105,12 @@ def render(
     ``(x0, y0, x1, y1)`` in input-image pixels, a disparity value in [0, 1], a mask array, or a
     :class:`FocusSpec`. ``aperture``: K, the blur radius in output pixels per unit disparity
     difference (0 = no blur). ``scale``: upsample the input by this factor first.
+
+    Learned engine only: ``model`` (folder; default the installed one), ``dtype`` (fp32, bf16,
+    fp16), ``released`` (every convention of the released script: its tiling, AdaIN colour fix,
+    8-bit depth, and for a focus mask its lower-median focus rule; depth files are used without
+    renormalisation), ``vae_sample`` with ``seed`` (sample the VAE posterior as released instead
+    of taking its mode).
     """
     if not np.isfinite(aperture) or aperture < 0:
         raise MagicBokehError(
@@ -101,34 +123,31 @@ def render(
     loaded = _as_loaded_image(image)
     image_path = loaded.source if isinstance(image, str | Path) else None
     spec = as_focus_spec(focus)
+    notes = [note]
+    if engine_name == "diffusion" and aperture > LEARNED_K_MAX:
+        notes.append(
+            f"K = {aperture:g} is outside the learned engine's trained range 0..32; "
+            "results may be unreliable (the physical engine accepts any K)"
+        )
     resolved = resolve_depth(
-        depth, loaded.rgb, image_path=image_path, kind=depth_kind, device=torch_device
+        depth,
+        loaded.rgb,
+        image_path=image_path,
+        kind=depth_kind,
+        device=torch_device,
+        normalize=not released,
     )
-    d_f = resolve_focus(resolved.disparity, spec)
-    rgb, alpha, disparity = _rescaled(loaded, resolved.disparity, scale)
-    shape = aperture_shape or Aperture()
-    output = render_physical(
-        _to_tensor(rgb).to(torch_device),
-        _to_tensor(disparity).to(torch_device),
-        d_f,
-        aperture,
-        aperture_shape=shape,
-        highlight=highlight,
-        chromatic=chromatic,
-        progress=progress,
-    )
-    defocus = defocus_radius(torch.from_numpy(disparity), d_f, aperture).numpy()
+    if released and engine_name == "diffusion" and spec.kind == "mask":
+        from magicbokeh.pipeline import released_focus_from_mask
+
+        mask = torch.from_numpy(resize_mask(spec.mask, *resolved.disparity.shape))
+        d_f = released_focus_from_mask(torch.from_numpy(resolved.disparity), mask)
+    else:
+        d_f = resolve_focus(resolved.disparity, spec)
+    rgb, alpha, disparity = _rescaled(loaded, resolved.disparity, scale, engine_name)
     settings = {
         "engine": engine_name,
         "aperture_K": float(aperture),
-        "aperture_shape": {
-            "blades": shape.blades,
-            "rotation_deg": shape.rotation,
-            "roundness": shape.roundness,
-            "cat_eye": shape.cat_eye,
-        },
-        "chromatic": list(chromatic) if chromatic else None,
-        "highlight": float(highlight),
         "scale": float(scale),
         "focus": spec.describe(),
         "focus_disparity": d_f,
@@ -139,8 +158,55 @@ def render(
         "input_size": [loaded.rgb.shape[1], loaded.rgb.shape[0]],
         "output_size": [rgb.shape[1], rgb.shape[0]],
     }
+    raw = None
+    if engine_name == "physical":
+        shape = aperture_shape or Aperture()
+        output = render_physical(
+            _to_tensor(rgb).to(torch_device),
+            _to_tensor(disparity).to(torch_device),
+            d_f,
+            aperture,
+            aperture_shape=shape,
+            highlight=highlight,
+            chromatic=chromatic,
+            progress=progress,
+        )[0]
+        settings.update(
+            aperture_shape={
+                "blades": shape.blades,
+                "rotation_deg": shape.rotation,
+                "roundness": shape.roundness,
+                "cat_eye": shape.cat_eye,
+            },
+            chromatic=list(chromatic) if chromatic else None,
+            highlight=float(highlight),
+        )
+    else:
+        folder = Path(model) if model is not None else installed_model(DIFFUSION_MODEL_DIR)
+        pipeline = load_pipeline(folder, torch_device, dtype)
+        generator = torch.Generator(torch_device).manual_seed(seed) if vae_sample else None
+        result = pipeline(
+            _to_tensor(rgb).to(torch_device),
+            _to_tensor(disparity).to(torch_device),
+            d_f,
+            aperture,
+            mode="released" if released else "fast",
+            vae_sample=vae_sample,
+            generator=generator,
+            progress=progress,
+        )
+        output = result.images[0]
+        raw = result.blended[0].permute(1, 2, 0).float().cpu().numpy()
+        settings.update(
+            model=str(folder),
+            dtype=dtype,
+            mode="released" if released else "fast",
+            vae_sample=vae_sample,
+            seed=seed if vae_sample else None,
+        )
+    defocus = defocus_radius(torch.from_numpy(disparity), d_f, aperture).numpy()
     return RenderResult(
-        image=output[0].permute(1, 2, 0).float().cpu().numpy(),
+        image=output.permute(1, 2, 0).float().cpu().numpy(),
         alpha=alpha,
         disparity=disparity,
         focus_disparity=d_f,
@@ -149,8 +215,23 @@ def render(
         depth_source=resolved.source,
         bit_depth=loaded.bit_depth,
         settings=settings,
-        warnings=[w for w in (note, resolved.warning) if w],
+        warnings=[w for w in (*notes, resolved.warning) if w],
+        raw=raw,
     )
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_pipeline(folder: Path, device: torch.device, dtype: str) -> MagicBokehPipeline:
+    """The learned pipeline from ``folder`` on ``device`` in ``dtype`` (fp32, bf16 or fp16)."""
+    if dtype not in DTYPES:
+        raise MagicBokehError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
+    if dtype == "fp16" and device.type == "cpu":
+        raise MagicBokehError("fp16 is slow or unsupported on the CPU: use --dtype bf16 or fp32")
+    from magicbokeh.pipeline import MagicBokehPipeline
+
+    return MagicBokehPipeline.from_pretrained(folder, torch_dtype=DTYPES[dtype], device=device)
 
 
 def _as_loaded_image(image: object) -> LoadedImage:
@@ -172,14 +253,19 @@ def _as_loaded_image(image: object) -> LoadedImage:
 
 
 def _rescaled(
-    loaded: LoadedImage, disparity: np.ndarray, scale: float
+    loaded: LoadedImage, disparity: np.ndarray, scale: float, engine: str
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Resize image (Lanczos up, area down), alpha and disparity (bilinear) by ``scale``."""
+    """Resize image, alpha and disparity (bilinear) by ``scale``.
+
+    Upsampling the image uses Lanczos for the physical engine and bicubic for the learned one
+    (the learned engine was trained on bicubic-upsampled inputs); downsampling uses area.
+    """
     if scale == 1.0:
         return loaded.rgb, loaded.alpha, disparity
     height, width = loaded.rgb.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    method = cv2.INTER_LANCZOS4 if scale > 1 else cv2.INTER_AREA
+    upsample = cv2.INTER_LANCZOS4 if engine == "physical" else cv2.INTER_CUBIC
+    method = upsample if scale > 1 else cv2.INTER_AREA
 
     def resize(x: np.ndarray, interpolation: int) -> np.ndarray:
         out = cv2.resize(

@@ -18,6 +18,8 @@ from magicbokeh.errors import MagicBokehError
 COMMANDS = (
     "magicbokeh.commands.render",
     "magicbokeh.commands.demo",
+    "magicbokeh.commands.convert",
+    "magicbokeh.commands.download",
     "magicbokeh.degrade.command",
 )
 

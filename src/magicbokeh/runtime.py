@@ -9,9 +9,10 @@ import torch
 
 from magicbokeh.errors import MagicBokehError
 
-#: Sub-folders of the model home, one per installed model.
+#: Sub-folders of the model home: the MagicBokeh network (with its degradation-aware depth
+#: model in `depth/`), and a plain Depth Anything V2 model.
 DIFFUSION_MODEL_DIR = "magicbokeh"
-DEPTH_MODEL_DIRS = ("depth-degradation-aware", "depth-anything-v2")
+DEPTH_MODEL_DIRS = ("magicbokeh/depth", "depth-anything-v2")
 
 
 def model_home() -> Path:

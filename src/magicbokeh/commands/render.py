@@ -73,6 +73,24 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
         help="also save the defocus map: CoC radius in pixels (.npy/.tif/.exr/.pfm) "
         "or |d - d_f| as 16-bit (.png)",
     )
+    learned = p.add_argument_group("learned engine")
+    learned.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    learned.add_argument(
+        "--released",
+        action="store_true",
+        help="reproduce the released script exactly (512/256 tiles, AdaIN, 8-bit depth, "
+        "lower-median focus from a mask)",
+    )
+    learned.add_argument(
+        "--vae-sample", action="store_true", help="sample the VAE posterior (seeded) as released"
+    )
+    learned.add_argument("--seed", type=int, default=0, help="seed for --vae-sample")
+    learned.add_argument(
+        "--raw-output",
+        type=Path,
+        metavar="FILE.npy",
+        help="also save the blended float output before the colour fix (H×W×3 in [-1, 1])",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=run)
 
@@ -94,8 +112,15 @@ def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
 
 
 def run(args: argparse.Namespace) -> int:
-    from magicbokeh.api import render
-    from magicbokeh.io import ensure_writable, save_depth, save_image, sidecar_path, write_sidecar
+    from magicbokeh.api import render, select_engine
+    from magicbokeh.io import (
+        atomic_write,
+        ensure_writable,
+        save_depth,
+        save_image,
+        sidecar_path,
+        write_sidecar,
+    )
     from magicbokeh.optics import Aperture
     from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 
@@ -104,7 +129,30 @@ def run(args: argparse.Namespace) -> int:
             f"--aperture must be ≥ 0 (got {args.aperture:g}): 0 means no blur, 32 is strong blur"
         )
     chromatic = parse_numbers(args.chromatic, 3, "--chromatic") if args.chromatic else None
-    outputs = [args.output, sidecar_path(args.output), args.save_depth, args.save_defocus]
+    engine, _ = select_engine(args.engine, args.model)
+    learned_only = [
+        flag
+        for flag, given in (
+            ("--released", args.released),
+            ("--vae-sample", args.vae_sample),
+            ("--raw-output", args.raw_output),
+        )
+        if given
+    ]
+    if engine == "physical" and learned_only:
+        raise MagicBokehError(
+            f"{' and '.join(learned_only)} need the learned engine: add --engine diffusion "
+            "--model DIR"
+        )
+    if args.raw_output and args.raw_output.suffix.lower() != ".npy":
+        raise MagicBokehError(f"--raw-output must be a .npy file, not {args.raw_output.name}")
+    outputs = [
+        args.output,
+        sidecar_path(args.output),
+        args.save_depth,
+        args.save_defocus,
+        args.raw_output,
+    ]
     outputs = [path for path in outputs if path is not None]
     if args.input.resolve() in {path.resolve() for path in outputs}:
         raise MagicBokehError("the output would replace the input: choose another -o path")
@@ -137,6 +185,10 @@ def run(args: argparse.Namespace) -> int:
         scale=args.scale,
         device=args.device,
         model=args.model,
+        dtype=args.dtype,
+        released=args.released,
+        vae_sample=args.vae_sample,
+        seed=args.seed,
         progress=not args.quiet,
     )
     for warning in result.warnings:
@@ -152,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
         save_depth(args.save_depth, result.disparity, overwrite=args.overwrite)
     if args.save_defocus:
         _save_defocus(args.save_defocus, result.defocus, args.aperture, args.overwrite)
+    if args.raw_output:
+        with atomic_write(args.raw_output, overwrite=args.overwrite) as temporary:
+            np.save(temporary, result.raw.astype(np.float32))
     settings = dict(result.settings, output=str(args.output), output_bit_depth=bit_depth)
     write_sidecar(args.output, settings, overwrite=args.overwrite)
     if not args.quiet:

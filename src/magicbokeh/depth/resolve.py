@@ -50,8 +50,12 @@ def resolve_depth(
     image_path: str | Path | None = None,
     kind: str = "disparity",
     device: torch.device | None = None,
+    normalize: bool = True,
 ) -> ResolvedDepth:
-    """Disparity for ``rgb`` (``H×W×3`` sRGB in [0, 1]) from ``depth`` (see the module doc)."""
+    """Disparity for ``rgb`` (``H×W×3`` sRGB in [0, 1]) from ``depth`` (see the module doc).
+
+    ``normalize=False`` uses a depth file's values as they are (they must lie in [0, 1]).
+    """
     height, width = rgb.shape[:2]
     if kind not in ("disparity", "depth"):
         raise MagicBokehError(f"unknown depth kind {kind!r}: use disparity or depth")
@@ -81,7 +85,9 @@ def resolve_depth(
     if depth == "heuristic":
         return ResolvedDepth(heuristic_disparity(rgb), "heuristic", HEURISTIC_WARNING)
     path = Path(str(depth))
-    disparity = load_depth(path, kind=kind)
+    disparity = load_depth(path, kind=kind, normalize=normalize)
+    if not normalize:
+        _check_array(disparity)
     return ResolvedDepth(
         match_depth_to_image(disparity, height, width, source=path.name), f"file:{path}"
     )
@@ -97,8 +103,8 @@ def _check_array(array: np.ndarray) -> None:
         )
     if array.min() < 0.0 or array.max() > 1.0:
         raise MagicBokehError(
-            f"a disparity array must lie in [0, 1] (got {array.min():g}..{array.max():g}): "
-            "normalise it, or save it to a file and pass --depth FILE"
+            f"disparity must lie in [0, 1] (got {array.min():g}..{array.max():g}): "
+            "normalise it to [0, 1] first"
         )
 
 

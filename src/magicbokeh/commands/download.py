@@ -1,0 +1,50 @@
+"""``magicbokeh download``: fetch SD 2.1-base and the released weights, convert, install.
+
+Sources are Hugging Face Hub ids or local folders with the same files; the result lands in
+the model home (``$MAGICBOKEH_HOME``, default ``~/.cache/magicbokeh``), where ``--engine auto``
+and ``--depth auto`` find it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_subparser(commands: argparse._SubParsersAction) -> None:
+    from magicbokeh.install import DEFAULT_BASE_REPO, DEFAULT_RELEASE_REPO
+
+    p = commands.add_parser(
+        "download",
+        help="fetch and install the MagicBokeh weights (needs internet access to the Hub)",
+        description="Fetch Stable Diffusion 2.1-base and the released MagicBokeh weights from "
+        "the Hugging Face Hub (or local folders), convert and install them.",
+    )
+    p.add_argument("--base-repo", default=DEFAULT_BASE_REPO, metavar="ID|DIR")
+    p.add_argument("--release-repo", default=DEFAULT_RELEASE_REPO, metavar="ID|DIR")
+    p.add_argument(
+        "--home", type=Path, metavar="DIR", help="model home (default: $MAGICBOKEH_HOME)"
+    )
+    p.add_argument("--cache-dir", type=Path, metavar="DIR", help="Hugging Face download cache")
+    p.add_argument("--no-depth", action="store_true", help="skip the depth model (DAdepth.pth)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--overwrite", action="store_true", help="replace an installed model")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from magicbokeh.api import DTYPES
+    from magicbokeh.install import install
+    from magicbokeh.runtime import model_home
+
+    target = install(
+        args.home or model_home(),
+        base=args.base_repo,
+        release=args.release_repo,
+        depth=not args.no_depth,
+        overwrite=args.overwrite,
+        dtype=DTYPES[args.dtype],
+        cache_dir=args.cache_dir,
+    )
+    print(f"installed MagicBokeh into {target}")
+    return 0
