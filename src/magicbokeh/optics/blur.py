@@ -1,0 +1,99 @@
+"""Building blocks of the layered renderer: kernel convolution, resampling, background fill.
+
+All functions take ``1xCxHxW`` float tensors (premultiplied colour channels followed by one
+alpha/weight channel where stated) and work on any torch device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DIRECT_MAX_SIZE = 13  # kernels up to this width are applied directly, larger ones by FFT
+
+
+def convolve(planes: Tensor, kernel: Tensor) -> Tensor:
+    """Scatter ``planes`` (1xCxHxW) through ``kernel`` ((2R+1)x(2R+1)): zero outside, same size.
+
+    Output pixel ``x`` receives ``sum_y planes[y] * kernel[x - y + R]``: each source spreads its
+    value over the kernel centred on itself (a true convolution, not a correlation).
+    """
+    size = kernel.shape[-1]
+    if size == 1:
+        return planes * kernel.reshape(())
+    channels = planes.shape[1]
+    if size <= DIRECT_MAX_SIZE or planes.device.type != "cpu" and size <= 2 * DIRECT_MAX_SIZE:
+        weight = kernel.flip(0, 1).expand(channels, 1, size, size).to(planes.dtype)
+        if planes.device.type == "cpu":
+            planes = planes.contiguous(memory_format=torch.channels_last)
+        out = F.conv2d(planes, weight, padding=size // 2, groups=channels)
+        return out.contiguous()
+    return _fft_convolve(planes, kernel)
+
+
+def _fft_convolve(planes: Tensor, kernel: Tensor) -> Tensor:
+    height, width = planes.shape[-2:]
+    half = kernel.shape[-1] // 2
+    fft_h, fft_w = fast_fft_size(height + half), fast_fft_size(width + half)
+    padded = planes.new_zeros(fft_h, fft_w)
+    padded[: 2 * half + 1, : 2 * half + 1] = kernel
+    padded = torch.roll(padded, shifts=(-half, -half), dims=(0, 1))
+    spectrum = torch.fft.rfft2(planes, s=(fft_h, fft_w))
+    spectrum *= torch.fft.rfft2(padded)
+    out = torch.fft.irfft2(spectrum, s=(fft_h, fft_w))
+    # Rows/cols past the end are wrap-around room: sources near the far edge spread into them.
+    return out[..., :height, :width]
+
+
+def fast_fft_size(n: int) -> int:
+    """Smallest integer >= ``n`` whose prime factors are 2, 3 and 5."""
+    best = 1 << max(0, math.ceil(math.log2(max(n, 1))))
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            value = power35
+            while value < n:
+                value *= 2
+            best = min(best, value)
+            power35 *= 3
+        power5 *= 5
+    return best
+
+
+def downsample(planes: Tensor, factor: int) -> Tensor:
+    """Box-average ``planes`` by an integer ``factor`` (sizes must be multiples of it)."""
+    if factor == 1:
+        return planes
+    return F.avg_pool2d(planes, factor)
+
+
+def upsample(planes: Tensor, factor: int) -> Tensor:
+    """Bilinear upsampling by an integer ``factor``; preserves the sum (times factor**2)."""
+    if factor == 1:
+        return planes
+    return F.interpolate(planes, scale_factor=factor, mode="bilinear", align_corners=False)
+
+
+def push_pull_fill(planes: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    """Extend premultiplied colour into empty areas by push-pull over ``levels`` octaves.
+
+    ``planes`` is ``1x(C+1)xHxW``: premultiplied colour then a weight in [0, 1]; H and W are
+    multiples of ``2**levels``. Returns ``(colour, confidence)``: the normalised colour
+    (CxHxW-shaped, meaningful where confidence > 0) of the nearest content within about
+    ``2**levels`` pixels, and the filled weight in [0, 1] (1 inside the content, falling off
+    with distance, 0 where no content is within reach).
+    """
+    pyramid = [planes]
+    for _ in range(levels):
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2))
+    filled = pyramid[-1]
+    for finer in reversed(pyramid[:-1]):
+        coarse = F.interpolate(filled, scale_factor=2, mode="bilinear", align_corners=False)
+        filled = finer + (1.0 - finer[:, -1:]) * coarse
+    weight = filled[:, -1:]
+    colour = filled[:, :-1] / weight.clamp_min(1e-12)
+    return colour, weight.clamp(0.0, 1.0)

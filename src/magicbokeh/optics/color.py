@@ -1,0 +1,29 @@
+"""sRGB transfer curve (IEC 61966-2-1): sRGB-encoded values <-> linear light.
+
+Both functions take tensors of any shape and dtype and work elementwise. Inputs are expected in
+[0, 1]; values outside follow the same piecewise curve (negative values stay on the linear
+segment), so the maps are monotone and invert each other on the whole real line.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_ENCODED_KNEE = 0.04045
+_LINEAR_KNEE = 0.0031308
+_SLOPE = 12.92
+_GAMMA = 2.4
+_OFFSET = 0.055
+
+
+def srgb_to_linear(x: Tensor) -> Tensor:
+    """Decode sRGB-encoded values in [0, 1] to linear light in [0, 1] (exact piecewise curve)."""
+    curved = ((x.clamp_min(_ENCODED_KNEE) + _OFFSET) / (1.0 + _OFFSET)).pow(_GAMMA)
+    return torch.where(x <= _ENCODED_KNEE, x / _SLOPE, curved)
+
+
+def linear_to_srgb(x: Tensor) -> Tensor:
+    """Encode linear light in [0, 1] to sRGB-encoded values in [0, 1] (exact piecewise curve)."""
+    curved = (1.0 + _OFFSET) * x.clamp_min(_LINEAR_KNEE).pow(1.0 / _GAMMA) - _OFFSET
+    return torch.where(x <= _LINEAR_KNEE, x * _SLOPE, curved)
