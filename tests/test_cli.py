@@ -219,6 +219,11 @@ BAD_INPUTS = {
         ["{image}", "--engine", "diffusion"],
         ("weights",),
     ),
+    "learned-engine flags with the physical engine": (
+        lambda p, s: None,
+        ["{image}", "--engine", "physical", "--released", "--raw-output", "{tmp}/r.npy"],
+        ("--released and --raw-output", "learned engine"),
+    ),
     "bad focus text": (lambda p, s: None, ["{image}", "--focus", "middle"], ("--focus",)),
 }
 

@@ -21,6 +21,7 @@ COMMANDS = (
     "magicbokeh.commands.convert",
     "magicbokeh.commands.download",
     "magicbokeh.degrade.command",
+    "magicbokeh.data.command",
 )
 
 
