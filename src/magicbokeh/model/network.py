@@ -6,7 +6,8 @@ injector), and a stock ``AutoencoderKL`` with the VAE-encoder LoRA (the decoder 
 
 Per tile (``forward``):
 
-1. z = VAE posterior mode of the image · scaling_factor (B×4×H/8×W/8);
+1. z = VAE posterior mode (or a sample, given noise) of the image · scaling_factor
+   (B×4×H/8×W/8);
 2. c = controlnet.embed_condition(defocus repeated to 3 channels);
 3. residuals = controlnet(z, t, c) (12 tensors);
 4. ε = unet(z, t, residuals, focus_mask);
@@ -88,10 +89,28 @@ class MagicBokehNetwork(ModelMixin, ConfigMixin):
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
     # ----------------------------------------------------------------------------------- steps
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Latent z: B×3×H×W in [−1, 1] → B×4×H/8×W/8 (posterior mode × scaling factor)."""
+    @property
+    def latent_scale(self) -> int:
+        """Pixels per latent pixel of the VAE (8 for SD2.1-base)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def encode(self, image: torch.Tensor, latent_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent z: B×3×H×W in [−1, 1] → B×4×H/8×W/8, times the scaling factor.
+
+        Without ``latent_noise`` z is the posterior mode (mean); with it (standard normal, the
+        latent's shape) z is the posterior sample mean + std·noise, as the released code draws.
+        """
         image = image.to(device=self.device, dtype=self.vae.dtype)
-        return self.vae.encode(image).latent_dist.mode() * self.scaling_factor
+        posterior = self.vae.encode(image).latent_dist
+        if latent_noise is None:
+            return posterior.mode() * self.scaling_factor
+        if latent_noise.shape != posterior.mean.shape:
+            raise MagicBokehError(
+                f"latent noise must be {tuple(posterior.mean.shape)}, "
+                f"got {tuple(latent_noise.shape)}"
+            )
+        noise = latent_noise.to(posterior.mean)
+        return (posterior.mean + posterior.std * noise) * self.scaling_factor
 
     def embed_defocus(self, defocus: torch.Tensor) -> torch.Tensor:
         """Conditioning embedding of the [−1, 1] defocus map: B×1×H×W → B×C0×H/8×W/8."""
@@ -117,11 +136,14 @@ class MagicBokehNetwork(ModelMixin, ConfigMixin):
         defocus: torch.Tensor,
         focus_mask: torch.Tensor | None,
         return_intermediates: bool = False,
+        latent_noise: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, Any]:
         """One step on a batch of tiles; returns B×3×H×W in [−1, 1] (see class docstring).
 
         With ``return_intermediates`` a dict with ``z``, ``cond_embedding``, ``residuals``
         (list of 12), ``eps``, ``x0``, ``decoded`` (before clamping) and ``image``.
+        ``latent_noise`` (B×4×H/8×W/8 standard normal) samples the VAE posterior, see
+        :meth:`encode`.
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise MagicBokehError(f"image must be B×3×H×W, got {tuple(image.shape)}")
@@ -129,7 +151,7 @@ class MagicBokehNetwork(ModelMixin, ConfigMixin):
             raise MagicBokehError(f"tile size {tuple(image.shape[-2:])} must be a multiple of 8")
         if defocus.shape[0] != image.shape[0] or defocus.shape[-2:] != image.shape[-2:]:
             raise MagicBokehError("defocus map must be B×1×H×W with the image's B, H and W")
-        z = self.encode(image)
+        z = self.encode(image, latent_noise)
         cond = self.embed_defocus(defocus)
         t = self.timestep_tensor(z.shape[0])
         sample = z.to(self.unet.dtype)
