@@ -335,3 +335,24 @@ def test_bfloat16_model_gives_float32_disparity(tiny_estimator) -> None:
 def test_bad_images_are_refused(tiny_estimator, images) -> None:
     with pytest.raises(MagicBokehError):
         tiny_estimator(images)
+
+
+# --- depth auto ----------------------------------------------------------------------------------
+
+
+def test_depth_auto_uses_an_installed_depth_model(
+    tiny_estimator: DepthAnythingEstimator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from magicbokeh.depth.resolve import resolve_depth
+
+    monkeypatch.setenv("MAGICBOKEH_HOME", str(tmp_path))
+    rgb = np.random.default_rng(0).uniform(size=(40, 56, 3)).astype(np.float32)
+    assert resolve_depth("auto", rgb).source == "heuristic"
+    tiny_estimator.model.save_pretrained(tmp_path / "depth-anything-v2")
+    resolved = resolve_depth("auto", rgb)
+    assert resolved.source == "model:depth-anything-v2" and resolved.warning is None
+    expected = tiny_estimator(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0, 0].numpy()
+    np.testing.assert_allclose(resolved.disparity, expected, atol=1e-6)
+    # The degradation-aware model that ships with MagicBokeh is preferred.
+    tiny_estimator.model.save_pretrained(tmp_path / "magicbokeh" / "depth")
+    assert resolve_depth("auto", rgb).source == "model:magicbokeh/depth"
