@@ -215,10 +215,15 @@ def test_command_line(inputs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out, preview = tmp_path / "cli", tmp_path / "preview.png"
     argv = ["synth", "--foregrounds", fg, "--backgrounds", bg, "-n", 2, "-o", out]
     argv += ["--size", 64, "--samples", 8, "--workers", 1, "--seed", 3, "--preview", preview]
+    argv += ["--device", "cpu"]
     args = synth_parser().parse_args([str(a) for a in argv])
     assert args.func(args) == 0
     assert preview.is_file() and len(records(out)) == 2
+    assert {record["device"] for record in records(out).values()} == {"cpu"}
     assert "2 samples made" in capsys.readouterr().err
+    with pytest.raises(MagicBokehError, match="--overwrite"):
+        args.func(args)  # the preview exists: kept unless asked
+    args = synth_parser().parse_args([str(a) for a in [*argv, "--overwrite"]])
     assert args.func(args) == 0
     assert "0 samples made, 2 already done" in capsys.readouterr().err
     help_text = synth_parser().format_help() + command.RULES

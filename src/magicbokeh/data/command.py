@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from magicbokeh.data.synth import SynthSettings, synthesize, write_preview
+from magicbokeh.io import ensure_writable
+from magicbokeh.runtime import resolve_device
 
 RULES = """\
 input rules:
@@ -71,7 +73,14 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
         "--preview",
         type=Path,
         metavar="FILE",
-        help="also write a contact sheet of the first samples (replaced if it exists)",
+        help="also write a contact sheet of the first samples",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --preview file")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        default="auto",
+        help="where to ray-trace (auto: a GPU when present, else the CPU with --workers)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -83,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     settings = SynthSettings(size=args.size, rays=args.samples, seed=args.seed)
+    if args.preview is not None:
+        ensure_writable(args.preview, overwrite=args.overwrite)
     report = synthesize(
         args.foregrounds,
         args.backgrounds,
@@ -90,10 +101,11 @@ def run(args: argparse.Namespace) -> int:
         args.count,
         settings,
         workers=args.workers,
+        device=str(resolve_device(args.device)),
         progress=not args.quiet,
     )
     if args.preview is not None:
-        write_preview(report.output, args.preview)
+        write_preview(report.output, args.preview, overwrite=args.overwrite)
     if not args.quiet:
         skipped = report.skipped_sources
         note = f"; skipped {len(skipped)} unreadable input files (see the log)" if skipped else ""

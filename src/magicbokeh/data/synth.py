@@ -69,7 +69,7 @@ from magicbokeh.errors import MagicBokehError
 from magicbokeh.focus import focus_mask
 from magicbokeh.io.images import load_image, save_image
 from magicbokeh.optics.color import linear_to_srgb
-from magicbokeh.optics.raytrace import raytrace
+from magicbokeh.optics.raytrace import SceneLayer, raytrace
 from magicbokeh.sheet import contact_sheet
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif")
@@ -324,8 +324,10 @@ def render_sample(
     backgrounds: Sequence[SourceFile],
     foregrounds: Sequence[SourceFile],
     config: DegradationConfig | None = None,
+    device: str = "cpu",
 ) -> Sample:
-    """Make sample ``index`` (a pure function of the settings, the sources and ``index``).
+    """Make sample ``index`` (a pure function of the settings, the sources, ``index`` and the
+    device type: random draws on a GPU differ from those on the CPU).
 
     Raises:
         MagicBokehError: a source cannot be decoded any more.
@@ -353,6 +355,7 @@ def render_sample(
         config=config,
         render_seed=render_seed,
         degrade_seed=degrade_seed,
+        device=device,
     )
     sample.record = {"index": index, "seed": settings.seed, **sample.record}
     return sample
@@ -368,26 +371,30 @@ def render_plan(
     degrade_seed: int,
     scale: int = 4,
     config: DegradationConfig | None = None,
+    device: str = "cpu",
 ) -> Sample:
     """Render one planned scene (see the module docstring for the five images).
 
     ``background``: the background source, ``H×W×3`` sRGB in [0, 1]; ``cutouts``: one per
     planned foreground; ``rays``: aperture samples per pixel; ``render_seed`` and
     ``degrade_seed`` seed the ray jitter and the degradation. The record holds every
-    parameter except the sample's index and base seed.
+    parameter except the sample's index and base seed. ``device`` runs the ray tracing there.
     """
     scene = build_layers(plan, background, cutouts)
+    layers = [
+        SceneLayer(layer.rgba.to(device), layer.disparity.to(device)) for layer in scene.layers
+    ]
     with torch.no_grad():
-        sharp = raytrace(scene.layers, scene.focus_disparity, 0.0)
+        sharp = raytrace(layers, scene.focus_disparity, 0.0)
         blurred = raytrace(
-            scene.layers,
+            layers,
             scene.focus_disparity,
             plan.aperture,
             samples=rays,
-            generator=torch.Generator().manual_seed(render_seed),
+            generator=torch.Generator(device).manual_seed(render_seed),
         )
-        hq = _quantized_srgb(sharp)
-        bokeh = _quantized_srgb(blurred)
+        hq = _quantized_srgb(sharp).cpu()
+        bokeh = _quantized_srgb(blurred).cpu()
         lq, params = degrade(
             hq,
             generator=torch.Generator().manual_seed(degrade_seed),
@@ -416,6 +423,7 @@ def render_plan(
         },
         "in_focus_fraction": float(mask.mean()),
         "rays": rays,
+        "device": torch.device(device).type,
         "plan": plan.to_dict(),
         "degradation": params[0],
     }
@@ -443,6 +451,7 @@ class _Job:
     backgrounds: tuple[SourceFile, ...]
     foregrounds: tuple[SourceFile, ...]
     root: Path
+    device: str = "cpu"
 
 
 _WORKER_JOB: _Job | None = None
@@ -468,7 +477,9 @@ def _make_and_write(index: int) -> tuple[int, dict | None, str | None]:
     if job is None:
         raise RuntimeError("worker has no job")
     try:
-        sample = render_sample(index, job.settings, job.backgrounds, job.foregrounds)
+        sample = render_sample(
+            index, job.settings, job.backgrounds, job.foregrounds, device=job.device
+        )
     except MagicBokehError as error:
         return index, None, str(error)
     files = DatasetStore(job.root).write_sample(index, sample.encoded())
@@ -556,14 +567,16 @@ def synthesize(
     settings: SynthSettings | None = None,
     *,
     workers: int = 1,
+    device: str = "cpu",
     progress: bool = True,
 ) -> SynthReport:
     """Build (or resume) a dataset of ``count`` samples in ``output``.
 
     Samples ``0 .. count−1`` that are already done are kept; the rest are made with
     ``workers`` processes (1: in this process), written (see :mod:`magicbokeh.data.store`)
-    and recorded. A sample whose source cannot be decoded any more is reported in
-    ``failed`` and left for the next run; the run goes on.
+    and recorded. On a GPU ``device`` the ray tracing runs there, in this process. A sample
+    whose source cannot be decoded any more is reported in ``failed`` and left for the next
+    run; the run goes on.
 
     Raises:
         MagicBokehError: bad settings or inputs (see :func:`scan_sources`), an output folder
@@ -599,8 +612,8 @@ def synthesize(
             header = store.prepare(header)
             done = store.read_manifest(repair=True)
             todo = [i for i in range(count) if i not in done]
-            job = _Job(settings, tuple(bg.files), tuple(fg.files), store.root)
-            if workers > 1 and len(todo) > 1:
+            job = _Job(settings, tuple(bg.files), tuple(fg.files), store.root, device)
+            if workers > 1 and len(todo) > 1 and torch.device(device).type == "cpu":
                 if pool is not None:
                     pool.close()
                     pool.join()
@@ -683,10 +696,14 @@ def preview_sheet(
 
 
 def write_preview(
-    output: str | os.PathLike[str], path: str | os.PathLike[str], count: int = 4
+    output: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    count: int = 4,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write :func:`preview_sheet` of the first ``count`` finished samples to ``path``
-    (replacing it). Returns the path."""
+    (an existing file only with ``overwrite``). Returns the path."""
     records = DatasetStore(output).read_manifest()
     sheet = preview_sheet(output, sorted(records)[:count])
-    return save_image(path, sheet, overwrite=True)
+    return save_image(path, sheet, overwrite=overwrite)
