@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,15 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one() -> None:
 
 
 def test_ruff_clean() -> None:
-    ruff = shutil.which("ruff") or (Path(__import__("sys").executable).parent / "ruff")
+    ruff = shutil.which("ruff") or (Path(sys.executable).parent / "ruff")
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
-    done = subprocess.run(
-        [str(ruff), "check", "src", "tests", "benchmarks"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    for command in (["check"], ["format", "--check"]):
+        done = subprocess.run(
+            [str(ruff), *command, "src", "tests", "benchmarks"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
