@@ -28,8 +28,9 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one() -> None:
 
 
 def test_ruff_clean() -> None:
-    ruff = shutil.which("ruff") or (Path(sys.executable).parent / "ruff")
-    if not Path(ruff).exists():
+    beside_python = Path(sys.executable).parent / "ruff"
+    ruff = beside_python if beside_python.exists() else shutil.which("ruff")
+    if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     for command in (["check"], ["format", "--check"]):
         done = subprocess.run(
