@@ -43,7 +43,9 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
         help="convention of a depth FILE: disparity (larger = nearer, default) or depth",
     )
     focus = p.add_mutually_exclusive_group()
-    focus.add_argument("--focus", metavar="X,Y|auto", help="focus point in input pixels, or auto")
+    focus.add_argument(
+        "--focus", metavar="X,Y|auto", help="focus point in input pixels, or auto (default)"
+    )
     focus.add_argument("--focus-box", metavar="X0,Y0,X1,Y1", help="focus on the box's median")
     focus.add_argument("--focus-mask", type=Path, metavar="FILE", help="focus on a mask image")
     focus.add_argument("--focus-disparity", type=float, metavar="V", help="focus disparity 0..1")
@@ -52,12 +54,16 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=16.0,
         metavar="K",
-        help="blur radius in output pixels per unit disparity difference (0 = no blur)",
+        help="blur radius in output pixels per unit disparity difference (0 = no blur; default 16)",
     )
-    p.add_argument("--blades", type=int, default=0, help="aperture blades (0 = round)")
+    p.add_argument("--blades", type=int, default=0, metavar="N", help="aperture blades (0 = round)")
     p.add_argument("--rotation", type=float, default=0.0, metavar="DEG", help="blade rotation")
-    p.add_argument("--roundness", type=float, default=0.0, help="0 = straight blades, 1 = round")
-    p.add_argument("--cat-eye", type=float, default=0.0, help="cat-eye strength (0 = none)")
+    p.add_argument(
+        "--roundness", type=float, default=0.0, metavar="R", help="0 = straight blades, 1 = round"
+    )
+    p.add_argument(
+        "--cat-eye", type=float, default=0.0, metavar="S", help="cat-eye strength (0 = none)"
+    )
     p.add_argument(
         "--chromatic", metavar="KR,KG,KB", help="per-channel multipliers of K (lens colour fringes)"
     )
