@@ -226,3 +226,29 @@ def test_unsupported_base_configs_are_refused():
     with pytest.raises(MagicBokehError, match="class_embed_type"):
         unet_kwargs_from_base_config({**UNET, "class_embed_type": "timestep"})
     assert unet_kwargs_from_base_config({**UNET, "mid_block_type": "UNetMidBlock2DCrossAttn"})
+
+
+def test_merged_sr_lora_gives_the_same_output_and_guards_saving_and_training(network, tmp_path):
+    from magicbokeh.pipeline import MagicBokehPipeline
+
+    network.save_pretrained(tmp_path / "net")
+    merged = MagicBokehNetwork.from_pretrained(tmp_path / "net")
+    assert merged.merge_sr_lora() > 0 and merged.sr_lora_merged
+    assert merged.merge_sr_lora() == 0  # merging twice is a no-op
+    image, defocus, mask = inputs(batch=2)
+    with torch.no_grad():
+        reference = network(image, defocus, mask)
+        torch.testing.assert_close(merged(image, defocus, mask), reference, atol=1e-4, rtol=0)
+    with pytest.raises(MagicBokehError, match="unmerge_sr_lora"):
+        merged.save_pretrained(tmp_path / "merged")
+    with pytest.raises(MagicBokehError, match="unmerge_sr_lora"):
+        merged.train()
+    assert not (tmp_path / "merged").exists()
+    merged.unmerge_sr_lora()
+    assert not merged.sr_lora_merged
+    merged.train()
+    merged.eval()
+    pipeline = MagicBokehPipeline.from_pretrained(
+        tmp_path / "net", torch_dtype=torch.bfloat16, merge_lora=True
+    )
+    assert pipeline.network.sr_lora_merged and pipeline.network.dtype == torch.bfloat16

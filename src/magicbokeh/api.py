@@ -183,7 +183,7 @@ def render(
         )
     else:
         folder = Path(model) if model is not None else installed_model(DIFFUSION_MODEL_DIR)
-        pipeline = load_pipeline(folder, torch_device, dtype)
+        pipeline = load_pipeline(folder, torch_device, dtype, merge_lora=not released)
         generator = torch.Generator(torch_device).manual_seed(seed) if vae_sample else None
         result = pipeline(
             _to_tensor(rgb).to(torch_device),
@@ -223,15 +223,23 @@ def render(
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_pipeline(folder: Path, device: torch.device, dtype: str) -> MagicBokehPipeline:
-    """The learned pipeline from ``folder`` on ``device`` in ``dtype`` (fp32, bf16 or fp16)."""
+def load_pipeline(
+    folder: Path, device: torch.device, dtype: str, *, merge_lora: bool = True
+) -> MagicBokehPipeline:
+    """The learned pipeline from ``folder`` on ``device`` in ``dtype`` (fp32, bf16 or fp16).
+
+    ``merge_lora`` folds the SR LoRA into the base weights (faster, equal within float
+    rounding); released mode keeps them separate, as the released code computes them.
+    """
     if dtype not in DTYPES:
         raise MagicBokehError(f"unknown dtype {dtype!r}: use fp32, bf16 or fp16")
     if dtype == "fp16" and device.type == "cpu":
         raise MagicBokehError("fp16 is slow or unsupported on the CPU: use --dtype bf16 or fp32")
     from magicbokeh.pipeline import MagicBokehPipeline
 
-    return MagicBokehPipeline.from_pretrained(folder, torch_dtype=DTYPES[dtype], device=device)
+    return MagicBokehPipeline.from_pretrained(
+        folder, torch_dtype=DTYPES[dtype], device=device, merge_lora=merge_lora
+    )
 
 
 def _as_loaded_image(image: object) -> LoadedImage:

@@ -236,11 +236,21 @@ class MagicBokehPipeline:
         folder: str | Path,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        merge_lora: bool = False,
     ) -> MagicBokehPipeline:
-        """Load a folder written by :meth:`save_pretrained` or ``convert_official``."""
-        return cls(
-            MagicBokehNetwork.from_pretrained(folder, torch_dtype=torch_dtype, device=device)
-        )
+        """Load a folder written by :meth:`save_pretrained` or ``convert_official``.
+
+        ``merge_lora`` folds the SR LoRA into the base weights in float32 before the cast to
+        ``torch_dtype`` (faster; equal within float rounding, see
+        :meth:`MagicBokehNetwork.merge_sr_lora`).
+        """
+        if not merge_lora:
+            return cls(
+                MagicBokehNetwork.from_pretrained(folder, torch_dtype=torch_dtype, device=device)
+            )
+        network = MagicBokehNetwork.from_pretrained(folder, torch_dtype=torch.float32)
+        network.merge_sr_lora()
+        return cls(network).to(device=device, dtype=torch_dtype)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``folder/network/`` and ``folder/magicbokeh.json``."""
