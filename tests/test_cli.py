@@ -14,6 +14,12 @@ from PIL import Image
 from magicbokeh.cli import main
 
 
+@pytest.fixture(autouse=True)
+def no_installed_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see no installed weights, whatever this machine has downloaded."""
+    monkeypatch.setenv("MAGICBOKEH_HOME", str(tmp_path / "no-models"))
+
+
 @pytest.fixture()
 def scene(tmp_path: Path) -> dict[str, Path]:
     """A 96×64 photo-like image, its disparity (.npy) and a focus mask."""
@@ -123,24 +129,53 @@ def test_focus_forms_and_saved_maps(scene: dict[str, Path], tmp_path: Path) -> N
         assert radius[0, 0] == pytest.approx(16 * 0.9, rel=1e-5) and radius[32, 48] == 0
 
 
-def test_scale_upsamples(scene: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "big.png"
-    assert (
-        run_cli(
-            "render",
-            scene["image"],
-            "-o",
-            out,
-            "--depth",
-            scene["depth"],
-            "--focus",
-            "48,32",
-            "--scale",
-            "2",
-        )
-        == 0
-    )
-    assert Image.open(out).size == (192, 128)
+@pytest.mark.parametrize(("scale", "size"), [(2.0, (192, 128)), (0.5, (48, 32))])
+def test_scale_resizes_and_focus_stays_in_input_pixels(
+    scene: dict[str, Path], tmp_path: Path, scale: float, size: tuple[int, int]
+) -> None:
+    out = tmp_path / "scaled.png"
+    argv = ["render", scene["image"], "-o", out, "--depth", scene["depth"], "--focus", "48,32"]
+    assert run_cli(*argv, "--scale", scale) == 0
+    assert Image.open(out).size == size
+    settings = json.loads(Path(f"{out}.json").read_text())
+    assert settings["focus_disparity"] == pytest.approx(0.9)
+    assert settings["output_size"] == list(size) and settings["input_size"] == [96, 64]
+
+
+def test_sidecar_paths_are_absolute_and_complete(
+    scene: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["render", "photo.png", "-o", "o.png", "--depth", "d.npy", "--focus-mask", "m.png"]
+    assert run_cli(*argv, "--save-depth", "saved.npy") == 0
+    settings = json.loads((tmp_path / "o.png.json").read_text())
+    assert settings["input"] == str(scene["image"])
+    assert settings["output"] == str(tmp_path / "o.png")
+    assert settings["depth_source"] == f"file:{scene['depth']}"
+    assert settings["focus_mask_file"] == str(scene["mask"])
+    assert settings["saved_depth"] == str(tmp_path / "saved.npy")
+
+
+def test_colour_profile_is_kept(scene: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "tagged.png"
+    Image.open(scene["image"]).save(src, icc_profile=profile)
+    out = tmp_path / "tagged_out.png"
+    assert run_cli("render", src, "-o", out, "--depth", scene["depth"]) == 0
+    assert Image.open(out).info.get("icc_profile") == profile
+
+
+def test_focus_mask_alpha_selects(scene: dict[str, Path], tmp_path: Path) -> None:
+    rgba = np.full((64, 96, 4), 255, dtype=np.uint8)  # white everywhere...
+    rgba[..., 3] = 0
+    rgba[25:40, 35:60, 3] = 255  # ...but only the subject is painted
+    Image.fromarray(rgba).save(tmp_path / "layer.png")
+    out = tmp_path / "o.png"
+    argv = ["render", scene["image"], "-o", out, "--depth", scene["depth"]]
+    assert run_cli(*argv, "--focus-mask", tmp_path / "layer.png") == 0
+    assert json.loads(Path(f"{out}.json").read_text())["focus_disparity"] == pytest.approx(0.9)
 
 
 def test_sixteen_bit_and_alpha_survive(tmp_path: Path) -> None:
@@ -156,7 +191,7 @@ def test_sixteen_bit_and_alpha_survive(tmp_path: Path) -> None:
     back = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and back.shape == (32, 48, 4)
     np.testing.assert_array_equal(back[..., 3], 40000)
-    assert np.abs(back[..., 2].astype(int) - rgba[..., 0]).max() <= 2
+    np.testing.assert_array_equal(back[..., 2], rgba[..., 0])  # K = 0 is exact at 16 bits
 
 
 def test_existing_output_is_kept_without_overwrite(
@@ -224,6 +259,36 @@ BAD_INPUTS = {
         ["{image}", "--engine", "physical", "--released", "--raw-output", "{tmp}/r.npy"],
         ("--released and --raw-output", "learned engine"),
     ),
+    "bad --save-depth extension": (
+        lambda p, s: None,
+        ["{image}", "--depth", "{depth}", "--save-depth", "{tmp}/d.jpg"],
+        ("--save-depth", ".npy"),
+    ),
+    "two outputs on one path": (
+        lambda p, s: None,
+        ["{image}", "--save-depth", "{tmp}/x.npy", "--save-defocus", "{tmp}/x.npy"],
+        ("same path",),
+    ),
+    "output over the depth input": (
+        lambda p, s: None,
+        ["{image}", "--depth", "{depth}", "--save-depth", "{depth}", "--overwrite"],
+        ("replace the input",),
+    ),
+    "blur larger than the image": (
+        lambda p, s: None,
+        ["{image}", "--depth", "{depth}", "--focus", "48,32", "--aperture", "1e6"],
+        ("image diagonal",),
+    ),
+    "failure leaves no new folders": (
+        lambda p, s: None,
+        ["{image}", "-o", "{tmp}/new/sub/o.png", "--depth", "{depth}", "--focus", "999,1"],
+        ("outside",),
+    ),
+    "missing focus mask": (
+        lambda p, s: None,
+        ["{image}", "--focus-mask", "{tmp}/nomask.png"],
+        ("focus mask",),
+    ),
     "bad focus text": (lambda p, s: None, ["{image}", "--focus", "middle"], ("--focus",)),
 }
 
@@ -234,9 +299,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(
     scene: dict[str, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("MAGICBOKEH_HOME", str(tmp_path / "no-models"))
     make, argv, words = BAD_INPUTS[case]
     make(tmp_path, scene)
     fields = {"tmp": tmp_path, "image": scene["image"], "depth": scene["depth"]}

@@ -19,11 +19,19 @@ def _listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_ensure_writable_accepts_new_file_and_creates_parents(tmp_path: Path) -> None:
+def test_ensure_writable_checks_without_leaving_folders_behind(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "out.png"
     assert ensure_writable(target, overwrite=False) == target
-    assert target.parent.is_dir()
-    assert _listing(target.parent) == []  # the probe file is gone
+    assert _listing(tmp_path) == []  # no folders made and the probe file is gone
+    assert ensure_writable(target, overwrite=False, create_folders=True) == target
+    assert target.parent.is_dir() and _listing(target.parent) == []
+
+
+def test_atomic_write_creates_missing_folders(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "out.txt"
+    with atomic_write(target, overwrite=False) as temporary:
+        temporary.write_text("done")
+    assert target.read_text() == "done" and _listing(target.parent) == ["out.txt"]
 
 
 def test_ensure_writable_refuses_existing_file(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ class RenderResult:
     in [0, 1] at the output size; ``focus_disparity``: d_f; ``defocus``: circle-of-confusion
     radius ``K·|d − d_f|`` in output pixels, ``H×W``; ``bit_depth``: the input's bits per channel;
     ``raw``: learned engine only, the blended network output before the colour fix, ``H×W×3``
-    in [−1, 1].
+    in [−1, 1]; ``icc_profile``: the input's colour profile, to embed in the output.
     """
 
     image: np.ndarray
@@ -59,6 +59,7 @@ class RenderResult:
     settings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     raw: np.ndarray | None = None
+    icc_profile: bytes | None = None
 
 
 def select_engine(engine: str, model: str | Path | None = None) -> tuple[str, str | None]:
@@ -121,7 +122,7 @@ def render(
     engine_name, note = select_engine(engine, model)
     torch_device = resolve_device(device)
     loaded = _as_loaded_image(image)
-    image_path = loaded.source if isinstance(image, str | Path) else None
+    image_path = loaded.source
     spec = as_focus_spec(focus)
     notes = [note]
     if engine_name == "diffusion" and aperture > LEARNED_K_MAX:
@@ -145,6 +146,7 @@ def render(
     else:
         d_f = resolve_focus(resolved.disparity, spec)
     rgb, alpha, disparity = _rescaled(loaded, resolved.disparity, scale, engine_name)
+    _check_blur_size(aperture, float(np.abs(disparity - d_f).max()), rgb.shape[:2])
     settings = {
         "engine": engine_name,
         "aperture_K": float(aperture),
@@ -154,7 +156,7 @@ def render(
         "depth_source": resolved.source,
         "depth_kind": depth_kind,
         "device": str(torch_device),
-        "input": str(image_path) if image_path else None,
+        "input": str(Path(image_path).resolve()) if image_path else None,
         "input_size": [loaded.rgb.shape[1], loaded.rgb.shape[0]],
         "output_size": [rgb.shape[1], rgb.shape[0]],
     }
@@ -217,6 +219,7 @@ def render(
         settings=settings,
         warnings=[w for w in (*notes, resolved.warning) if w],
         raw=raw,
+        icc_profile=loaded.icc_profile,
     )
 
 
@@ -242,6 +245,16 @@ def load_pipeline(
     )
 
 
+def _check_blur_size(aperture: float, spread: float, size: tuple[int, int]) -> None:
+    """Refuse a K whose largest blur radius ``K·max|d − d_f|`` exceeds the image diagonal."""
+    diagonal = float(np.hypot(*size))
+    if aperture * spread > diagonal:
+        raise MagicBokehError(
+            f"aperture K = {aperture:g} blurs up to {aperture * spread:.0f} px, more than the "
+            f"image diagonal ({diagonal:.0f} px): use K ≤ {int(diagonal / spread)}"
+        )
+
+
 def _as_loaded_image(image: object) -> LoadedImage:
     if isinstance(image, LoadedImage):
         return image
@@ -253,6 +266,10 @@ def _as_loaded_image(image: object) -> LoadedImage:
     bit_depth = 16 if array.dtype == np.uint16 else 8
     if array.dtype.kind in "ui":
         array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    elif array.size and float(np.nanmax(array)) > 1.0:
+        raise MagicBokehError(
+            "a float image array must hold values in [0, 1]: divide 8-bit values by 255"
+        )
     array = np.clip(array.astype(np.float32), 0.0, 1.0)
     alpha = array[..., 3] if array.shape[2] == 4 else None
     return LoadedImage(

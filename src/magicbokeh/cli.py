@@ -47,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as error:
-        if not isinstance(error, MemoryError) and "out of memory" not in str(error):
+        text = str(error)
+        if not isinstance(error, MemoryError) and not (
+            "out of memory" in text or "can't allocate memory" in text
+        ):
             raise
         print(
             "error: out of memory: use a smaller --scale, --device cpu, or a machine with more "

@@ -94,7 +94,10 @@ def as_focus_spec(focus: object) -> FocusSpec:
         return FocusSpec("mask", mask=np.squeeze(mask).astype(np.float32))
     if isinstance(focus, int | float | np.floating):
         return FocusSpec("disparity", value=float(focus))
-    values = tuple(float(v) for v in focus)  # type: ignore[union-attr]
+    try:
+        values = tuple(float(v) for v in focus)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        values = ()
     if len(values) == 2:
         return FocusSpec("point", point=values)
     if len(values) == 4:

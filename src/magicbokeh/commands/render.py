@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.focus import FocusSpec, parse_numbers
 
+if TYPE_CHECKING:
+    from magicbokeh.api import RenderResult
+
 #: Output extensions that keep 16 bits per channel when the input had them.
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
-FLOAT_MAP_SUFFIXES = (".npy", ".tif", ".tiff", ".exr", ".pfm")
 
 
 def add_subparser(commands: argparse._SubParsersAction) -> None:
@@ -108,8 +111,11 @@ def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
     if args.focus_mask:
         from magicbokeh.io import load_image
 
+        if not args.focus_mask.expanduser().is_file():
+            raise MagicBokehError(f"focus mask {args.focus_mask} does not exist; check the path")
         mask = load_image(args.focus_mask)
-        return FocusSpec("mask", mask=mask.rgb.max(axis=2))
+        selected = mask.rgb.max(axis=2)
+        return FocusSpec("mask", mask=selected if mask.alpha is None else selected * mask.alpha)
     if args.focus_disparity is not None:
         return FocusSpec("disparity", value=args.focus_disparity)
     if args.focus and args.focus != "auto":
@@ -118,60 +124,12 @@ def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
 
 
 def run(args: argparse.Namespace) -> int:
-    from magicbokeh.api import render, select_engine
-    from magicbokeh.io import (
-        atomic_write,
-        ensure_writable,
-        save_depth,
-        save_image,
-        sidecar_path,
-        write_sidecar,
-    )
+    from magicbokeh.api import render
     from magicbokeh.optics import Aperture
     from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 
-    if args.aperture < 0 or not np.isfinite(args.aperture):
-        raise MagicBokehError(
-            f"--aperture must be ≥ 0 (got {args.aperture:g}): 0 means no blur, 32 is strong blur"
-        )
     chromatic = parse_numbers(args.chromatic, 3, "--chromatic") if args.chromatic else None
-    engine, _ = select_engine(args.engine, args.model)
-    learned_only = [
-        flag
-        for flag, given in (
-            ("--released", args.released),
-            ("--vae-sample", args.vae_sample),
-            ("--raw-output", args.raw_output),
-        )
-        if given
-    ]
-    if engine == "physical" and learned_only:
-        raise MagicBokehError(
-            f"{' and '.join(learned_only)} need the learned engine: add --engine diffusion "
-            "--model DIR"
-        )
-    if args.raw_output and args.raw_output.suffix.lower() != ".npy":
-        raise MagicBokehError(f"--raw-output must be a .npy file, not {args.raw_output.name}")
-    outputs = [
-        args.output,
-        sidecar_path(args.output),
-        args.save_depth,
-        args.save_defocus,
-        args.raw_output,
-    ]
-    outputs = [path for path in outputs if path is not None]
-    if args.input.resolve() in {path.resolve() for path in outputs}:
-        raise MagicBokehError("the output would replace the input: choose another -o path")
-    for path in outputs:
-        ensure_writable(path, overwrite=args.overwrite)
-    if args.save_defocus and args.save_defocus.suffix.lower() not in (
-        *FLOAT_MAP_SUFFIXES,
-        ".png",
-    ):
-        raise MagicBokehError(
-            f"cannot save a defocus map as {args.save_defocus.suffix!r}: use .npy, .tif, .exr, "
-            ".pfm or .png"
-        )
+    check_outputs(args)
     spec = focus_spec_from_args(args)
     result = render(
         args.input,
@@ -200,21 +158,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         if not args.quiet or warning.startswith("no depth"):
             print(f"warning: {warning}", file=sys.stderr)
-    bit_depth = (
-        16 if result.bit_depth == 16 and args.output.suffix.lower() in SIXTEEN_BIT_SUFFIXES else 8
-    )
-    save_image(
-        args.output, result.image, alpha=result.alpha, bit_depth=bit_depth, overwrite=args.overwrite
-    )
-    if args.save_depth:
-        save_depth(args.save_depth, result.disparity, overwrite=args.overwrite)
-    if args.save_defocus:
-        _save_defocus(args.save_defocus, result.defocus, args.aperture, args.overwrite)
-    if args.raw_output:
-        with atomic_write(args.raw_output, overwrite=args.overwrite) as temporary:
-            np.save(temporary, result.raw.astype(np.float32))
-    settings = dict(result.settings, output=str(args.output), output_bit_depth=bit_depth)
-    write_sidecar(args.output, settings, overwrite=args.overwrite)
+    write_outputs(args, result)
     if not args.quiet:
         print(
             f"wrote {args.output} ({result.engine} engine, K={args.aperture:g}, "
@@ -223,12 +167,115 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_defocus(path: Path, radius: np.ndarray, aperture: float, overwrite: bool) -> None:
+def check_outputs(args: argparse.Namespace) -> None:
+    """Everything about the outputs that can fail, checked before any work."""
+    from magicbokeh.api import select_engine
+    from magicbokeh.io import (
+        DEPTH_WRITE_EXTENSIONS,
+        SUPPORTED_WRITE,
+        ensure_writable,
+        sidecar_path,
+    )
+
+    engine, _ = select_engine(args.engine, args.model)
+    learned_only = [
+        flag
+        for flag, given in (
+            ("--released", args.released),
+            ("--vae-sample", args.vae_sample),
+            ("--raw-output", args.raw_output),
+        )
+        if given
+    ]
+    if engine == "physical" and learned_only:
+        raise MagicBokehError(
+            f"{' and '.join(learned_only)} need the learned engine: add --engine diffusion "
+            "--model DIR"
+        )
+    suffixes = [
+        ("-o", args.output, SUPPORTED_WRITE),
+        ("--save-depth", args.save_depth, DEPTH_WRITE_EXTENSIONS),
+        ("--save-defocus", args.save_defocus, DEPTH_WRITE_EXTENSIONS),
+        ("--raw-output", args.raw_output, (".npy",)),
+    ]
+    for flag, path, allowed in suffixes:
+        if path is not None and path.suffix.lower() not in allowed:
+            raise MagicBokehError(
+                f"cannot write {flag} {path.name}: use one of {', '.join(allowed)}"
+            )
+        if path is not None and path.suffix.lower() == ".exr":
+            from magicbokeh.io.depth_files import _openexr
+
+            _openexr()
+    outputs = [args.output, sidecar_path(args.output)]
+    outputs += [p for p in (args.save_depth, args.save_defocus, args.raw_output) if p]
+    resolved = [path.expanduser().resolve() for path in outputs]
+    if len(set(resolved)) != len(resolved):
+        raise MagicBokehError("two outputs have the same path: give each output its own file")
+    inputs = [args.input, args.focus_mask]
+    if args.depth not in ("auto", "embedded", "heuristic"):
+        inputs.append(Path(args.depth))
+    for path in inputs:
+        if path is not None and path.expanduser().resolve() in resolved:
+            raise MagicBokehError(f"an output would replace the input {path}: choose another path")
+    for path in outputs:
+        ensure_writable(path, overwrite=args.overwrite)
+
+
+def write_outputs(args: argparse.Namespace, result: RenderResult) -> None:
+    """Write the image, the optional maps and the sidecar: all of them, or none."""
+    from magicbokeh.io import atomic_write, save_depth, save_image, write_sidecar
+
+    bit_depth = (
+        16 if result.bit_depth == 16 and args.output.suffix.lower() in SIXTEEN_BIT_SUFFIXES else 8
+    )
+    settings = dict(
+        result.settings,
+        output=_absolute(args.output),
+        output_bit_depth=bit_depth,
+        focus_mask_file=_absolute(args.focus_mask),
+        saved_depth=_absolute(args.save_depth),
+        saved_defocus=_absolute(args.save_defocus),
+        raw_output=_absolute(args.raw_output),
+    )
+    written: list[Path] = []
+    try:
+        written.append(
+            save_image(
+                args.output,
+                result.image,
+                alpha=result.alpha,
+                bit_depth=bit_depth,
+                icc_profile=result.icc_profile,
+                overwrite=args.overwrite,
+            )
+        )
+        if args.save_depth:
+            written.append(save_depth(args.save_depth, result.disparity, overwrite=args.overwrite))
+        if args.save_defocus:
+            written.append(
+                _save_defocus(args.save_defocus, result.defocus, args.aperture, args.overwrite)
+            )
+        if args.raw_output:
+            with atomic_write(args.raw_output, overwrite=args.overwrite) as temporary:
+                np.save(temporary, result.raw.astype(np.float32))
+            written.append(args.raw_output)
+        write_sidecar(args.output, settings, overwrite=args.overwrite)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _absolute(path: Path | None) -> str | None:
+    return None if path is None else str(path.expanduser().resolve())
+
+
+def _save_defocus(path: Path, radius: np.ndarray, aperture: float, overwrite: bool) -> Path:
     """Radius in pixels for float formats; ``|d − d_f|`` (= radius / K) for 16-bit PNG."""
     from magicbokeh.io import save_depth
 
     if path.suffix.lower() == ".png":
         relative = radius / aperture if aperture > 0 else np.zeros_like(radius)
-        save_depth(path, np.clip(relative, 0.0, 1.0), overwrite=overwrite)
-    else:
-        save_depth(path, radius.astype(np.float32), overwrite=overwrite)
+        return save_depth(path, np.clip(relative, 0.0, 1.0), overwrite=overwrite)
+    return save_depth(path, radius.astype(np.float32), overwrite=overwrite)

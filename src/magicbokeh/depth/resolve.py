@@ -64,7 +64,9 @@ def resolve_depth(
         array = np.squeeze(np.asarray(array, dtype=np.float32))
         _check_array(array)
         if kind == "depth":
-            raise MagicBokehError("depth arrays must be disparity in [0, 1]; convert first")
+            raise MagicBokehError(
+                "depth arrays must be disparity in [0, 1]: convert with 1/depth and normalise"
+            )
         return ResolvedDepth(match_depth_to_image(array, height, width, source="depth"), "array")
     if depth is None or depth == "auto":
         embedded = _embedded(image_path)
@@ -89,7 +91,8 @@ def resolve_depth(
     if not normalize:
         _check_array(disparity)
     return ResolvedDepth(
-        match_depth_to_image(disparity, height, width, source=path.name), f"file:{path}"
+        match_depth_to_image(disparity, height, width, source=path.name),
+        f"file:{path.expanduser().resolve()}",
     )
 
 

@@ -25,20 +25,25 @@ def _exists_message(path: Path) -> str:
     return f"{path} exists; pass --overwrite (overwrite=True) to replace it or choose another name"
 
 
-def ensure_writable(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Check that ``path`` can be written, creating missing parent folders.
+def ensure_writable(
+    path: str | os.PathLike[str], *, overwrite: bool, create_folders: bool = False
+) -> Path:
+    """Check that ``path`` can be written, before any expensive work.
 
     Args:
         path: the output file.
         overwrite: whether an existing file at ``path`` may be replaced.
+        create_folders: create missing parent folders now; otherwise only check that the
+            nearest existing ancestor is a folder we can write to (so a failed run leaves no
+            empty folders behind).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path` (with ``~`` expanded).
 
     Raises:
         MagicBokehError: ``path`` is a folder; it exists and ``overwrite`` is False; its
-            parent folder does not exist and cannot be created; or the folder does not let us
-            create files (checked by actually creating and removing a temporary file).
+            parent folder cannot be created; or the folder does not let us create files
+            (checked by actually creating and removing a temporary file).
     """
     target = Path(path).expanduser()
     if target.is_dir():
@@ -48,19 +53,30 @@ def ensure_writable(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
     if target.exists() and not overwrite:
         raise MagicBokehError(_exists_message(target))
     folder = target.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MagicBokehError(
+            f"cannot create the output folder {folder} ({existing} is a file); choose a folder "
+            "you can write to"
+        )
+    if create_folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise MagicBokehError(
+                f"cannot create the output folder {folder} ({reason}); choose a folder you can "
+                "write to"
+            ) from None
+        existing = folder
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".magicbokeh-probe-")
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise MagicBokehError(
-            f"cannot create the output folder {folder} ({reason}); choose a folder you can write to"
-        ) from None
-    try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".magicbokeh-probe-")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise MagicBokehError(
-            f"cannot write to the folder {folder} ({reason}); choose a folder you can write to"
+            f"cannot write to the folder {existing} ({reason}); choose a folder you can write to"
         ) from None
     os.close(handle)
     os.unlink(probe)
@@ -92,7 +108,7 @@ def atomic_write(path: str | os.PathLike[str], *, overwrite: bool) -> Iterator[P
         MagicBokehError: see :func:`ensure_writable`; also when ``path`` appeared during
             the write and ``overwrite`` is False.
     """
-    target = ensure_writable(path, overwrite=overwrite)
+    target = ensure_writable(path, overwrite=overwrite, create_folders=True)
     handle, name = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix
     )

@@ -77,7 +77,13 @@ def read_embedded_depth(path: str | os.PathLike[str]) -> np.ndarray | None:
     file = Path(path).expanduser()
     if not file.is_file():
         raise MagicBokehError(f"image {file} does not exist; check the path")
-    data = file.read_bytes()
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MagicBokehError(
+            f"cannot read image {file} ({reason}); check its permissions"
+        ) from None
     if data[:2] == b"\xff\xd8":
         return _jpeg_depth(file, data)
     if _is_heif(data):

@@ -146,8 +146,14 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     if file.stat().st_size == 0:
         raise MagicBokehError(f"image {file} is empty (0 bytes); give a complete image file")
 
-    with open(file, "rb") as handle:
-        head = handle.read(4)
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MagicBokehError(
+            f"cannot read image {file} ({reason}); check its permissions"
+        ) from None
     if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         decoded = _load_tiff(file, max_pixels)
         if decoded is not None:
