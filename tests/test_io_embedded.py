@@ -393,3 +393,17 @@ def test_heif_representation_rules() -> None:
     )
     sixteen = (codes.astype(np.uint16) * 257).astype(np.uint16)
     np.testing.assert_allclose(heif_depth_to_disparity(sixteen, {}), v, atol=1e-6)
+
+
+def test_unreadable_file_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xd9")
+
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(MagicBokehError, match="cannot read image .*Permission denied"):
+        read_embedded_depth(path)

@@ -385,3 +385,18 @@ def test_tensor_round_trip() -> None:
         to_tensor(rgb[:, :, 0])
     with pytest.raises(MagicBokehError):
         from_tensor(torch.zeros(2, 3, 4, 4))
+
+
+def test_unreadable_file_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import magicbokeh.io.images as images
+
+    path = _encoded(tmp_path, "locked.png")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(images, "open", refuse, raising=False)
+    with pytest.raises(MagicBokehError, match="cannot read image .*Permission denied"):
+        load_image(path)
