@@ -88,3 +88,11 @@ def test_apply_color_fix_by_name():
         apply_color_fix(target, target, "histogram")
     with pytest.raises(MagicBokehError, match="sizes"):
         wavelet_color_fix(target, target[..., :2])
+
+
+def test_adain_on_a_one_pixel_image_is_finite() -> None:
+    target = torch.full((1, 3, 1, 1), 0.3)
+    source = torch.full((1, 3, 1, 1), 0.6)
+    out = adain_color_fix(target, source)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, source)

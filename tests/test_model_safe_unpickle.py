@@ -92,3 +92,21 @@ def test_missing_and_garbage_files(tmp_path):
     bad.write_bytes(b"not a pickle at all")
     with pytest.raises(MagicBokehError):
         load_untrusted_torch_file(bad)
+
+
+def test_module_state_with_non_tensor_weights_is_refused() -> None:
+    module = PickledObject()
+    module.__setstate__({"_parameters": {"weight": "not a tensor"}, "_buffers": {}, "_modules": {}})
+    with pytest.raises(MagicBokehError, match="non-tensor weights"):
+        pickled_module_state_dict(module)
+
+
+def test_restored_tensor_attributes_cannot_replace_tensor_methods() -> None:
+    import torch
+
+    weight = torch.ones(2)
+    weight.detach = dict  # what a crafted pickle's state could plant on a tensor
+    module = PickledObject()
+    module.__setstate__({"_parameters": {"weight": weight}, "_buffers": {}, "_modules": {}})
+    state = pickled_module_state_dict(module)
+    assert torch.equal(state["weight"], torch.ones(2))

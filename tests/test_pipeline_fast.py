@@ -432,3 +432,18 @@ def test_bad_settings_are_refused(kwargs, match):
     image, disparity = scene(64, 64)
     with pytest.raises(MagicBokehError, match=match):
         identity(image, disparity, 0.5, 32, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("bad", ["aperture", "focus", "disparity"])
+def test_non_finite_inputs_are_refused(pipe, bad):
+    image, disparity = scene(64, 64)
+    aperture, focus = 16.0, 0.5
+    if bad == "aperture":
+        aperture = float("nan")
+    elif bad == "focus":
+        focus = float("inf")
+    else:
+        disparity = disparity.clone()
+        disparity[0, 0, 3, 3] = float("nan")
+    with pytest.raises(MagicBokehError, match="finite|NaN"):
+        pipe(image, disparity, focus, aperture, progress=False)

@@ -37,12 +37,14 @@ COLOR_FIXES: tuple[str, ...] = ("adain", "wavelet", "none")
 def adain_color_fix(target: torch.Tensor, source: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Give ``target`` the per-channel mean and std of ``source`` (both B×C×H×W), clamp to [0, 1].
 
-    std = √(unbiased variance + eps), over all pixels of each channel of each image.
+    std = √(unbiased variance + eps), over all pixels of each channel of each image (the
+    biased variance for a one-pixel image, whose unbiased variance is undefined).
     """
 
     def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(x.shape[0], x.shape[1], -1)
-        return flat.mean(dim=2)[..., None, None], (flat.var(dim=2) + eps).sqrt()[..., None, None]
+        variance = flat.var(dim=2, correction=1 if flat.shape[2] > 1 else 0)
+        return flat.mean(dim=2)[..., None, None], (variance + eps).sqrt()[..., None, None]
 
     t_mean, t_std = stats(target)
     s_mean, s_std = stats(source)

@@ -42,6 +42,7 @@ released script samples the VAE posterior without a seed; ``vae_sample=True`` wi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -537,9 +538,14 @@ def _check_inputs(
         raise MagicBokehError(
             f"disparity must be {batch}×1×{height}×{width}, got {tuple(disparity.shape)}"
         )
-    if aperture < 0:
-        raise MagicBokehError(f"aperture K must be ≥ 0, got {aperture}")
+    if not math.isfinite(aperture) or aperture < 0:
+        raise MagicBokehError(f"aperture K must be a finite number ≥ 0, got {aperture}")
+    if not bool(torch.isfinite(disparity).all()):
+        bad = int((~torch.isfinite(disparity)).sum())
+        raise MagicBokehError(f"disparity has {bad} NaN/inf values: fill them first")
     focus = torch.as_tensor(focus_disparity, dtype=torch.float64).flatten()
+    if not bool(torch.isfinite(focus).all()):
+        raise MagicBokehError(f"focus disparity must be finite, got {focus.tolist()}")
     if focus.numel() == 1:
         focus = focus.expand(batch)
     if focus.numel() != batch:

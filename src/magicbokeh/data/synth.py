@@ -460,13 +460,13 @@ _WORKER_JOB: _Job | None = None
 def _init_worker(job: _Job | None) -> None:
     global _WORKER_JOB
     _WORKER_JOB = job
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def _init_child(job: _Job | None) -> None:
-    """Worker-process start: Ctrl-C is left to the parent, which stops the pool."""
+    """Worker-process start: one thread each, and Ctrl-C is left to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     _init_worker(job)
 
 

@@ -208,7 +208,15 @@ def pickled_module_state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Ten
     for name, child in modules.items():
         if child is not None:
             out.update(pickled_module_state_dict(child, prefix + name + "."))
-    return {k: v.detach().clone() for k, v in out.items()}
+    bad = sorted(k for k, v in out.items() if not isinstance(v, torch.Tensor))
+    if bad:
+        raise MagicBokehError(
+            f"the pickled module holds non-tensor weights ({', '.join(bad[:3])}); the file is "
+            "damaged or not a released checkpoint"
+        )
+    # torch.Tensor.detach(v), not v.detach(): instance attributes restored by the pickle
+    # cannot stand in for tensor methods.
+    return {k: torch.Tensor.detach(v).clone() for k, v in out.items()}
 
 
 def pickled_module_config(obj: Any) -> dict[str, Any]:
