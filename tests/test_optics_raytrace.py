@@ -8,7 +8,7 @@ import torch
 from scipy import ndimage
 
 from magicbokeh.errors import MagicBokehError
-from magicbokeh.optics import Aperture, render_physical
+from magicbokeh.optics import Aperture, render_physical, render_scatter_reference
 from magicbokeh.optics.color import linear_to_srgb, srgb_to_linear
 from magicbokeh.optics.raytrace import SceneLayer, aperture_samples, raytrace
 
@@ -128,3 +128,33 @@ def test_raytracer_and_fast_renderer_agree_on_layered_scenes(focus: float) -> No
     assert away.sum() > 1000
     assert psnr(traced[0][:, away], fast[0][:, away]) >= 35.0
     assert float(srgb_to_linear(traced).mean()) == pytest.approx(float(sharp.mean()), abs=0.02)
+
+
+@pytest.mark.parametrize("disparity", [0.9, 0.1])
+def test_odd_blade_aperture_is_reflected_in_front_of_focus_by_every_renderer(
+    disparity: float,
+) -> None:
+    """Rays from a point in front of the focal plane cross before the sensor: its bokeh is the
+    aperture turned by 180°; behind the focal plane it is upright."""
+    size, k, focus = 61, 30.0, 0.5
+    colour = torch.zeros(3, size, size)
+    colour[:, 30, 30] = 1.0
+    shape = Aperture(blades=3)
+    traced = raytrace(
+        [plane(colour, torch.ones(size, size), disparity)],
+        focus,
+        k,
+        aperture_shape=shape,
+        samples=900,
+    )[0, 0]
+    image = linear_to_srgb(colour)[None]
+    depth = torch.full((1, 1, size, size), disparity)
+    fast = srgb_to_linear(
+        render_physical(image, depth, focus, k, aperture_shape=shape, highlight=0.0)
+    )[0, 0]
+    exact = srgb_to_linear(
+        render_scatter_reference(image, depth, focus, k, aperture_shape=shape, highlight=0.0)
+    )[0, 0]
+    for other in (fast, exact):
+        assert float((other - traced).abs().sum()) < 0.2
+        assert float((other - traced.flip(0, 1)).abs().sum()) > 0.5  # orientation matters

@@ -228,16 +228,27 @@ class _LayerStack:
             )
         else:
             planes = planes[:, :-1]
-        blurred = self._blur(planes, radius / factor, factor, (top + oy, left + ox))
+        blurred = self._blur(planes, radius / factor, factor, (top + oy, left + ox), layer > 0)
         blurred = upsample(blurred, factor)[(slice(None), slice(None), *window)]
         self._composite(blurred, (slice(v_top, v_bottom), slice(v_left, v_right)))
 
-    def _blur(self, planes: Tensor, radius: float, factor: int, corner: tuple[int, int]) -> Tensor:
-        """Blur level-resolution planes; cat-eye blends kernels by source position."""
-        if self.shape.cat_eye <= 0 or radius < 0.5:
-            return convolve(
-                planes, self.shape.kernel(radius, dtype=planes.dtype, device=planes.device)
+    def _blur(
+        self, planes: Tensor, radius: float, factor: int, corner: tuple[int, int], front: bool
+    ) -> Tensor:
+        """Blur level-resolution planes; cat-eye blends kernels by source position.
+
+        In front of the focal plane (``front``) the rays cross before the sensor, so the
+        aperture's image is point-reflected (matters for odd blade counts and cat-eye).
+        """
+
+        def kernel(offset: tuple[float, float] = (0.0, 0.0)) -> Tensor:
+            shape = self.shape.kernel(
+                radius, offset=offset, dtype=planes.dtype, device=planes.device
             )
+            return shape.flip(0, 1) if front else shape
+
+        if self.shape.cat_eye <= 0 or radius < 0.5:
+            return convolve(planes, kernel())
         _, _, height, width = planes.shape
         image_h, image_w = self.image_size
         half = math.ceil(radius)
@@ -256,10 +267,7 @@ class _LayerStack:
                 c0, c1 = max(int(cols[0]) - half, 0), min(int(cols[-1]) + 1 + half, width)
                 weight = wy[r0:r1, None] * wx[None, c0:c1]
                 piece = planes[:, :, r0:r1, c0:c1] * weight
-                kernel = self.shape.kernel(
-                    radius, offset=(zx, zy), dtype=planes.dtype, device=planes.device
-                )
-                out[:, :, r0:r1, c0:c1] += convolve(piece, kernel)
+                out[:, :, r0:r1, c0:c1] += convolve(piece, kernel((zx, zy)))
         return out
 
     def _composite(self, blurred: Tensor, box: tuple[slice, slice]) -> None:

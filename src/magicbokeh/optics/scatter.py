@@ -86,7 +86,7 @@ def _scatter(
     for value in tqdm(values.tolist(), disable=not progress, desc="scatter"):
         mask = depth == value
         radius = aperture * abs(value - focus)
-        splat = _splat_surface(linear, mask, radius, shape, pad)
+        splat = _splat_surface(linear, mask, radius, shape, pad, front=value > focus)
         weight = splat[-1:]
         colour = splat[:-1] + (1.0 - weight) * colour
         alpha = weight + (1.0 - weight) * alpha
@@ -95,15 +95,20 @@ def _scatter(
 
 
 def _splat_surface(
-    linear: Tensor, mask: Tensor, radius: float, shape: Aperture, pad: int
+    linear: Tensor, mask: Tensor, radius: float, shape: Aperture, pad: int, front: bool
 ) -> Tensor:
-    """Sum of the kernels of all pixels in ``mask``: premultiplied colour plus alpha, padded."""
+    """Sum of the kernels of all pixels in ``mask``: premultiplied colour plus alpha, padded.
+
+    In front of the focal plane (``front``) each kernel is point-reflected: the rays cross
+    before reaching the sensor.
+    """
     channels, height, width = linear.shape
     planes = torch.cat([linear * mask, mask[None].to(linear.dtype)])
     out = linear.new_zeros(channels + 1, height + 2 * pad, width + 2 * pad)
     count = int(mask.sum())
     if shape.cat_eye <= 0 and count >= _CONV_MIN_PIXELS:
         kernel = shape.kernel(radius, dtype=linear.dtype, device=linear.device)
+        kernel = kernel.flip(0, 1) if front else kernel
         half = kernel.shape[-1] // 2
         rows, cols = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
@@ -115,6 +120,7 @@ def _splat_surface(
     for y, x in mask.nonzero().tolist():
         offset = ((2.0 * x + 1.0) / width - 1.0, (2.0 * y + 1.0) / height - 1.0)
         kernel = shape.kernel(radius, offset=offset, dtype=linear.dtype, device=linear.device)
+        kernel = kernel.flip(0, 1) if front else kernel
         half = kernel.shape[-1] // 2
         patch = out[:, pad + y - half : pad + y + half + 1, pad + x - half : pad + x + half + 1]
         patch += planes[:, y, x, None, None] * kernel
