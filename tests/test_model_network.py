@@ -10,78 +10,18 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from diffusers import AutoencoderKL  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from magicbokeh.errors import MagicBokehError  # noqa: E402
-from magicbokeh.model.lora import unet_lora_target_recipe, vae_lora_target_recipe  # noqa: E402
 from magicbokeh.model.mask_attention import FocusMaskAttnProcessor  # noqa: E402
 from magicbokeh.model.network import CONFIG_FILE, WEIGHTS_FILE, MagicBokehNetwork  # noqa: E402
 from magicbokeh.model.unet import MagicBokehUNet  # noqa: E402
-
-UNET = {
-    "sample_size": 8,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [32, 64],
-    "layers_per_block": 1,
-    "attention_head_dim": [1, 2],
-    "cross_attention_dim": 32,
-}
-CONTROLNET = {
-    "down_block_types": UNET["down_block_types"],
-    "block_out_channels": UNET["block_out_channels"],
-    "layers_per_block": 1,
-    "attention_head_dim": [1, 2],
-    "cross_attention_dim": 32,
-    "conditioning_embedding_out_channels": [16, 32],
-}
-VAE = {
-    "block_out_channels": [32, 32],
-    "down_block_types": ["DownEncoderBlock2D"] * 2,
-    "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "sample_size": 32,
-    "scaling_factor": 0.18215,
-}
-SCHEDULER = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-}
-
-
-def tiny_config() -> dict:
-    enc, dec = unet_lora_target_recipe(MagicBokehUNet(**UNET))
-    vae_targets = vae_lora_target_recipe(AutoencoderKL.from_config(VAE))
-    return {
-        "unet_config": UNET,
-        "controlnet_config": CONTROLNET,
-        "vae_config": VAE,
-        "scheduler_config": SCHEDULER,
-        "rank_unet": 4,
-        "rank_vae": 4,
-        "rank_bokeh": 8,
-        "unet_lora_encoder_modules": enc,
-        "unet_lora_decoder_modules": dec,
-        "vae_lora_encoder_modules": vae_targets,
-    }
+from tiny_models import UNET, tiny_network  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def network() -> MagicBokehNetwork:
-    torch.manual_seed(0)
-    net = MagicBokehNetwork(**tiny_config()).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            # LoRA B factors and zero-initialised convs start at zero: give them values.
-            if "lora_B" in name or name.endswith("_lora.1.weight") or "controlnet_" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
-    return net
+    return tiny_network()
 
 
 def inputs(batch: int = 1, height: int = 32, width: int = 32, seed: int = 0):

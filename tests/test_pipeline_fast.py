@@ -9,73 +9,16 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from diffusers import AutoencoderKL  # noqa: E402
 from torch import nn  # noqa: E402
 
 import magicbokeh.pipeline as pipeline_module  # noqa: E402
 import magicbokeh.tiling as tiling  # noqa: E402
 from magicbokeh.errors import MagicBokehError  # noqa: E402
-from magicbokeh.model.lora import unet_lora_target_recipe, vae_lora_target_recipe  # noqa: E402
 from magicbokeh.model.network import MagicBokehNetwork  # noqa: E402
-from magicbokeh.model.unet import MagicBokehUNet  # noqa: E402
 from magicbokeh.pipeline import MagicBokehOutput, MagicBokehPipeline  # noqa: E402
+from tiny_models import tiny_network  # noqa: E402
 
-# SD2.1-base layout at toy width: VAE /8 (so tiles are multiples of 64 as for the real model),
-# a two-level UNet with focus attention at the full latent resolution.
-UNET = {
-    "sample_size": 8,
-    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-    "block_out_channels": [32, 64],
-    "layers_per_block": 1,
-    "attention_head_dim": [1, 2],
-    "cross_attention_dim": 32,
-}
-CONTROLNET = {
-    "down_block_types": UNET["down_block_types"],
-    "block_out_channels": UNET["block_out_channels"],
-    "layers_per_block": 1,
-    "attention_head_dim": [1, 2],
-    "cross_attention_dim": 32,
-    "conditioning_embedding_out_channels": [16, 16, 16, 32],
-}
-VAE = {
-    "block_out_channels": [32, 32, 32, 32],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "sample_size": 64,
-    "scaling_factor": 0.18215,
-}
-SCHEDULER = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-}
-
-
-def tiny_network() -> MagicBokehNetwork:
-    enc, dec = unet_lora_target_recipe(MagicBokehUNet(**UNET))
-    torch.manual_seed(0)
-    net = MagicBokehNetwork(
-        unet_config=UNET,
-        controlnet_config=CONTROLNET,
-        vae_config=VAE,
-        scheduler_config=SCHEDULER,
-        unet_lora_encoder_modules=enc,
-        unet_lora_decoder_modules=dec,
-        vae_lora_encoder_modules=vae_lora_target_recipe(AutoencoderKL.from_config(VAE)),
-    ).eval()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            # LoRA B factors and zero-initialised convs start at zero: give them values.
-            if "lora_B" in name or name.endswith("_lora.1.weight") or "controlnet_" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
-    return net
+VAE_LEVELS = 4  # VAE /8: tiles are multiples of 64, as for the real model
 
 
 class PixelNorm(nn.Module):
@@ -98,7 +41,7 @@ def local_network() -> MagicBokehNetwork:
     per-pixel norm and every attention layer adds nothing (its output projection is zero). Its
     output at a pixel then depends only on a neighbourhood, so one tile covering a small image is
     an exact reference and every difference of a tiled render comes from tile edges."""
-    net = tiny_network()
+    net = tiny_network(VAE_LEVELS)
     modules = dict(net.named_modules())
     for name, module in list(modules.items()):
         if isinstance(module, nn.GroupNorm):
@@ -115,7 +58,7 @@ def local_network() -> MagicBokehNetwork:
 
 @pytest.fixture(scope="module")
 def pipe() -> MagicBokehPipeline:
-    return MagicBokehPipeline(tiny_network())
+    return MagicBokehPipeline(tiny_network(VAE_LEVELS))
 
 
 def scene(height: int, width: int, batch: int = 1):
