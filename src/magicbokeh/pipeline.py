@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from magicbokeh.color_fix import COLOR_FIXES, adain_color_fix, apply_color_fix
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.focus import LEARNED_FOCUS_THRESHOLD, learned_defocus
 from magicbokeh.model.network import NETWORK_SUBFOLDER, MagicBokehNetwork
 from magicbokeh.tiling import TILE_MULTIPLE, plan_tiles, reflect_pad
 
@@ -72,8 +73,6 @@ __all__ = [
 
 TILE = 512
 STRIDE = 256
-RELEASED_K_SCALE = 32.0
-RELEASED_FOCUS_THRESHOLD = 0.1
 FAST_TILE_SIZE = 512
 FAST_TILE_OVERLAP = 96
 FAST_TILE_BATCH = 4
@@ -134,8 +133,8 @@ def released_defocus(
     ``disparity_8bit``: B×1×H×W, already quantised (fast mode passes the float disparity).
     In focus where not (m > 0.1).
     """
-    m = torch.abs(disparity_8bit - focus_disparity) * (aperture / RELEASED_K_SCALE)
-    in_focus = ~(m > RELEASED_FOCUS_THRESHOLD)
+    m = learned_defocus(disparity_8bit, focus_disparity, aperture)
+    in_focus = ~(m > LEARNED_FOCUS_THRESHOLD)
     return m * 2 - 1, in_focus
 
 
