@@ -29,7 +29,6 @@ import json
 import logging
 import multiprocessing
 import os
-import platform
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,6 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-import magicbokeh
 from magicbokeh.data.scene import (
     Cutout,
     ScenePlan,
@@ -67,12 +65,13 @@ from magicbokeh.data.store import (
 from magicbokeh.degrade.pipeline import DegradationConfig, degrade, minimum_hr_size
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.focus import focus_mask
-from magicbokeh.io.images import load_image, save_image
+from magicbokeh.io.images import READ_SUFFIXES, load_image, save_image
+from magicbokeh.io.sidecar import package_versions
 from magicbokeh.optics.color import linear_to_srgb
 from magicbokeh.optics.raytrace import SceneLayer, raytrace
 from magicbokeh.sheet import contact_sheet
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif")
+IMAGE_SUFFIXES = READ_SUFFIXES
 #: Alpha mattes whose every pixel is at least this opaque count as "no matte".
 OPAQUE_ALPHA = 254.5 / 255.0
 MAX_SIZE = 4096
@@ -504,15 +503,6 @@ def identity(settings: SynthSettings, foregrounds: SourceSet, backgrounds: Sourc
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _versions() -> dict:
-    return {
-        "magicbokeh": magicbokeh.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _header(
     settings: SynthSettings, count: int, foregrounds: SourceSet, backgrounds: SourceSet
 ) -> dict:
@@ -532,7 +522,7 @@ def _header(
         "count": count,
         "created": now,
         "updated": now,
-        "versions": _versions(),
+        "versions": package_versions(),
     }
 
 

@@ -15,24 +15,21 @@ import argparse
 import hashlib
 import json
 import logging
-import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-import PIL
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-import magicbokeh
 from magicbokeh.degrade.pipeline import DegradationConfig, degrade, minimum_hr_size
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io.atomic import atomic_write, ensure_writable
-from magicbokeh.io.images import from_tensor, load_image, save_image, to_tensor
+from magicbokeh.io.images import READ_SUFFIXES, from_tensor, load_image, save_image, to_tensor
+from magicbokeh.io.sidecar import package_versions
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = READ_SUFFIXES
 MANIFEST_NAME = "degrade_manifest.json"
 
 logger = logging.getLogger(__name__)
@@ -117,16 +114,6 @@ def _plan_outputs(
     return plan
 
 
-def _versions() -> dict:
-    return {
-        "magicbokeh": magicbokeh.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _degrade_one_file(
     source: Path,
     relative: PurePosixPath,
@@ -195,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             "device": "cpu",
             "config": config.to_dict(),
         },
-        "versions": _versions(),
+        "versions": package_versions(),
         "images": records,
         "skipped": skipped,
     }

@@ -63,6 +63,8 @@ The environment variable ``MAGICBOKEH_MAX_PIXELS`` overrides it."""
 
 SUPPORTED_READ = "JPEG, PNG, TIFF, WebP, HEIC/HEIF"
 SUPPORTED_WRITE = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+#: File-name suffixes of readable images, for collecting the images in a folder.
+READ_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif")
 
 # PIL format names we decode, mapped to the names used in messages.
 _READABLE_FORMATS = {
