@@ -180,6 +180,23 @@ class DatasetStore:
         """Write the header atomically (replacing any)."""
         write_file(self.header_path, (json.dumps(header, indent=2) + "\n").encode("utf-8"))
 
+    def existing_header(self) -> dict | None:
+        """The header of the dataset already in the folder, or None for a new or empty folder.
+
+        Raises:
+            MagicBokehError: the path is a file, or the folder holds files but no header.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise MagicBokehError(f"-o {self.root} is a file; give a folder for the dataset")
+        existing = self.read_header()
+        stray = existing is None and self.root.exists()
+        if stray and any(p.name != LOCK_NAME for p in self.root.iterdir()):
+            raise MagicBokehError(
+                f"{self.root} is not empty and holds no {HEADER_NAME}; choose an empty or new "
+                "-o folder"
+            )
+        return existing
+
     def prepare(self, header: dict) -> dict:
         """Create the dataset folder with ``header``, or check that it already holds the same
         dataset (same ``identity``) and update the header's mutable fields.
@@ -188,15 +205,8 @@ class DatasetStore:
             MagicBokehError: the path is a file; the folder holds files but no header; or its
                 header has another identity (other inputs or settings).
         """
-        if self.root.exists() and not self.root.is_dir():
-            raise MagicBokehError(f"-o {self.root} is a file; give a folder for the dataset")
-        existing = self.read_header()
+        existing = self.existing_header()
         if existing is None:
-            if self.root.exists() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
-                raise MagicBokehError(
-                    f"{self.root} is not empty and holds no {HEADER_NAME}; choose an empty or new "
-                    "-o folder"
-                )
             self.root.mkdir(parents=True, exist_ok=True)
             self.samples_dir.mkdir(exist_ok=True)
             self.write_header(header)

@@ -53,8 +53,6 @@ from magicbokeh.data.scene import (
 from magicbokeh.data.store import (
     FORMAT,
     FORMAT_VERSION,
-    HEADER_NAME,
-    LOCK_NAME,
     DatasetStore,
     encode_disparity,
     encode_mask,
@@ -528,15 +526,8 @@ def _header(
 
 def _check_output_early(store: DatasetStore, settings: SynthSettings) -> dict | None:
     """Refuse a wrong output folder before scanning the inputs; return its header, if any."""
-    if store.root.exists() and not store.root.is_dir():
-        raise MagicBokehError(f"-o {store.root} is a file; give a folder for the dataset")
-    header = store.read_header()
+    header = store.existing_header()
     if header is None:
-        if store.root.exists() and any(p.name != LOCK_NAME for p in store.root.iterdir()):
-            raise MagicBokehError(
-                f"{store.root} is not empty and holds no {HEADER_NAME}; choose an empty or new "
-                "-o folder"
-            )
         return None
     wanted = {**settings.to_dict(), "aperture_shape": "circle"}
     if header.get("settings") != wanted:
