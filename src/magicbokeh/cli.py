@@ -1,5 +1,10 @@
 """The ``magicbokeh`` command: a thin layer over the Python API.
 
+Sub-commands live in their own modules and are imported only when run, so ``magicbokeh
+--help`` and ``magicbokeh COMMAND --help`` start without loading torch or the models. Each
+module in :data:`COMMANDS` defines ``add_subparser(subparsers)``, which registers the command
+under the name it is listed with here.
+
 Exit codes: 0 success, 2 bad input or impossible request (one ``error:`` line, no traceback,
 nothing written), 130 interrupted.
 """
@@ -14,32 +19,60 @@ from collections.abc import Sequence
 from magicbokeh import __version__
 from magicbokeh.errors import MagicBokehError
 
-#: Modules that each register one sub-command with ``add_subparser(subparsers)``.
-COMMANDS = (
-    "magicbokeh.commands.render",
-    "magicbokeh.commands.demo",
-    "magicbokeh.commands.convert",
-    "magicbokeh.commands.download",
-    "magicbokeh.degrade.command",
-    "magicbokeh.data.command",
-)
+#: name → (module that registers it, one-line help shown by ``magicbokeh --help``).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "render": ("magicbokeh.commands.render", "render photos with lens bokeh"),
+    "demo": ("magicbokeh.commands.demo", "render the bundled photo at several settings"),
+    "convert-official": (
+        "magicbokeh.commands.convert",
+        "convert the released lora.pkl (+ SD 2.1-base, DAdepth.pth) to this package's format",
+    ),
+    "download": (
+        "magicbokeh.commands.download",
+        "fetch and install the MagicBokeh weights (needs internet access to the Hub)",
+    ),
+    "degrade": (
+        "magicbokeh.degrade.command",
+        "make realistic low-quality versions of photos (Real-ESRGAN degradation)",
+    ),
+    "synth": ("magicbokeh.data.command", "build a synthetic bokeh training set"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first non-option word), if it is a known one."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None, *, all_commands: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; the full sub-parser is built for ``only`` (or every command).
+
+    Other commands get a placeholder that carries their help line, so listing them costs no
+    imports.
+    """
     parser = argparse.ArgumentParser(
         prog="magicbokeh",
         description="Super-resolution and controllable lens bokeh in one pass.",
     )
     parser.add_argument("--version", action="version", version=f"magicbokeh {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        importlib.import_module(module).add_subparser(commands)
+    for name, (module, help_line) in COMMANDS.items():
+        if all_commands or name == only:
+            importlib.import_module(module).add_subparser(commands)
+        else:
+            commands.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -1,0 +1,55 @@
+"""Optional dependencies: which extra brings which package, and a check that names it.
+
+Commands and API paths that need an optional package call :func:`require` before any work, so
+a missing package is one line (``pip install "magicbokeh[EXTRA]"``) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from magicbokeh.errors import MagicBokehError
+
+__all__ = ["EXTRAS", "MissingExtra", "install_hint", "require"]
+
+#: extra → the import names it provides (what ``pip install "magicbokeh[extra]"`` brings).
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "diffusion": (
+        "diffusers",
+        "transformers",
+        "peft",
+        "safetensors",
+        "accelerate",
+        "huggingface_hub",
+    ),
+    "train": ("diffusers", "transformers", "peft", "safetensors", "accelerate", "tensorboard"),
+    "eval": ("pyiqa",),
+    "app": ("gradio",),
+    "video": ("imageio", "imageio_ffmpeg"),
+    "exr": ("OpenEXR",),
+}
+
+
+class MissingExtra(MagicBokehError):
+    """An optional package is not installed; the message names the extra to install."""
+
+
+def install_hint(extra: str) -> str:
+    """``pip install "magicbokeh[extra]"``."""
+    return f'pip install "magicbokeh[{extra}]"'
+
+
+def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
+    """Raise :class:`MissingExtra` unless every module of ``extra`` (or ``modules``) imports.
+
+    ``what`` names the feature for the message, e.g. ``"the learned engine"``.
+    """
+    if extra not in EXTRAS:
+        raise KeyError(f"unknown extra {extra!r}")
+    for name in modules if modules is not None else EXTRAS[extra]:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise MissingExtra(
+                f"{what} needs the optional package '{name}': {install_hint(extra)}"
+            ) from None
