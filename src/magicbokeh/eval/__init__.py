@@ -1,0 +1,1 @@
+"""Evaluation: benchmark protocols, reports and the ``magicbokeh eval`` command."""
