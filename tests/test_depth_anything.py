@@ -6,7 +6,6 @@ The vector tests reproduce what the original DA-V2 code computes for a tiny rand
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -17,11 +16,7 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from transformers import (  # noqa: E402
-    DepthAnythingConfig,
-    DepthAnythingForDepthEstimation,
-    Dinov2Config,
-)
+from transformers import DepthAnythingForDepthEstimation  # noqa: E402
 
 from magicbokeh.depth.convert_depth_anything import (  # noqa: E402
     SIZES,
@@ -40,47 +35,10 @@ from magicbokeh.depth.depth_anything import (  # noqa: E402
     resize_cubic,
 )
 from magicbokeh.errors import MagicBokehError  # noqa: E402
-
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "depth_anything_tiny"
+from tiny_depth import tiny_config, tiny_model, vector_config, vectors  # noqa: E402
 
 RAW_ATOL = 1e-4  # network output and upsampled depth reach ~6
 NORM_ATOL = 2e-5  # min-max normalised disparity in [0, 1]
-
-
-def vectors() -> Path:
-    if not (VECTORS / "original.pth").is_file():
-        pytest.skip(f"Depth Anything test vectors not found at {VECTORS}")
-    return VECTORS
-
-
-def vector_config(folder: Path) -> DepthAnythingConfig:
-    """transformers config equivalent to the vectors' config.json (non-standard tiny widths)."""
-    spec = json.loads((folder / "config.json").read_text())
-    encoder, head = spec["encoder"], spec["head"]
-    backbone = Dinov2Config(
-        hidden_size=encoder["embed_dim"],
-        num_hidden_layers=encoder["depth"],
-        num_attention_heads=encoder["num_heads"],
-        mlp_ratio=encoder["mlp_ratio"],
-        image_size=encoder["pretrain_img_size"],
-        patch_size=encoder["patch_size"],
-        layer_norm_eps=encoder["layer_norm_eps"],
-        layerscale_value=encoder["layer_scale_init"],
-        out_indices=[i + 1 for i in encoder["intermediate_layer_indices"]],
-        apply_layernorm=encoder["intermediate_outputs_normed"],
-        reshape_hidden_states=False,
-    )
-    return DepthAnythingConfig(
-        backbone_config=backbone,
-        patch_size=encoder["patch_size"],
-        reassemble_hidden_size=encoder["embed_dim"],
-        reassemble_factors=head["reassemble_factors"],
-        neck_hidden_sizes=head["out_channels"],
-        fusion_hidden_size=head["features"],
-        head_hidden_size=head["head_hidden"],
-        depth_estimation_type="relative",
-        max_depth=1,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -96,35 +54,9 @@ def read_png(path: Path, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dtype) / 255.0
 
 
-def tiny_config() -> DepthAnythingConfig:
-    backbone = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        image_size=518,
-        patch_size=14,
-        out_indices=[1, 2, 3, 4],
-        apply_layernorm=True,
-        reshape_hidden_states=False,
-    )
-    return DepthAnythingConfig(
-        backbone_config=backbone,
-        reassemble_hidden_size=32,
-        neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
-    )
-
-
 @pytest.fixture(scope="module")
 def tiny_estimator() -> DepthAnythingEstimator:
-    model = DepthAnythingForDepthEstimation(tiny_config())
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # weights large enough for a varied map, bias keeps it above the ReLU
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
-        model.head.conv3.bias.fill_(5.0)
-    return DepthAnythingEstimator(model, batch_size=2)
+    return DepthAnythingEstimator(tiny_model(), batch_size=2)
 
 
 # --- preprocessing -----------------------------------------------------------------------------
@@ -280,6 +212,19 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     tiny_config().save_pretrained(empty)
     with pytest.raises(MagicBokehError, match=r"model\.safetensors.*hf download"):
         DepthAnythingEstimator.from_pretrained(empty, device="cpu")
+
+
+def test_models_that_are_not_depth_anything_are_refused(tmp_path: Path) -> None:
+    from transformers import Dinov2Model
+
+    backbone = Dinov2Model(tiny_config().backbone_config)
+    backbone.save_pretrained(tmp_path / "dinov2")
+    with pytest.raises(MagicBokehError, match="'dinov2' model, not Depth Anything V2"):
+        DepthAnythingEstimator.from_pretrained(tmp_path / "dinov2", device="cpu")
+    # A Depth Anything config over another model's weights is refused, not randomly filled.
+    tiny_config().save_pretrained(tmp_path / "dinov2")
+    with pytest.raises(MagicBokehError, match="lacks .* Depth Anything V2 weights"):
+        DepthAnythingEstimator.from_pretrained(tmp_path / "dinov2", device="cpu")
 
 
 # --- conventions on a random tiny model ----------------------------------------------------------

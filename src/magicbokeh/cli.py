@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "make realistic low-quality versions of photos (Real-ESRGAN degradation)",
     ),
     "synth": ("magicbokeh.data.command", "build a synthetic bokeh training set"),
+    "eval": ("magicbokeh.eval.command", "score engines and models on benchmark protocols"),
 }
 
 

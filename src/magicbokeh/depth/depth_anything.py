@@ -231,7 +231,7 @@ def load_depth_anything_model(name_or_path: str | Path) -> DepthAnythingForDepth
     Depth Anything V2 checkpoint file (``.pth``/``.pt``/``.ckpt``, e.g. ``DAdepth.pth``).
     """
     try:
-        from transformers import DepthAnythingForDepthEstimation
+        from transformers import AutoConfig, DepthAnythingForDepthEstimation
     except ImportError as error:
         raise MagicBokehError(
             "Depth Anything needs transformers; "
@@ -252,8 +252,24 @@ def load_depth_anything_model(name_or_path: str | Path) -> DepthAnythingForDepth
         else:
             source = str(name_or_path)
         try:
-            model = DepthAnythingForDepthEstimation.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source)
+            if config.model_type != "depth_anything":
+                raise MagicBokehError(
+                    f"{name_or_path} is a {config.model_type!r} model, not Depth Anything V2; "
+                    "pass a Depth Anything V2 folder, Hub id or original .pth"
+                )
+            model, info = DepthAnythingForDepthEstimation.from_pretrained(
+                source, config=config, output_loading_info=True
+            )
+            missing = sorted(info.get("missing_keys", []))
+            if missing:
+                raise MagicBokehError(
+                    f"{name_or_path} lacks {len(missing)} Depth Anything V2 weights "
+                    f"({', '.join(missing[:3])}…); its weights belong to another model"
+                )
         except (OSError, ValueError) as error:
+            if isinstance(error, MagicBokehError):
+                raise
             raise MagicBokehError(
                 f"cannot load Depth Anything model {source!r} ({str(error).splitlines()[0]}); "
                 f"{FETCH_HINT}"
@@ -300,18 +316,20 @@ class DepthAnythingEstimator:
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        input_size: int = INPUT_SIZE,
         batch_size: int = 4,
         progress: bool = False,
     ) -> DepthAnythingEstimator:
         """Load from a Hub id, a local transformers folder or an original ``.pth`` checkpoint.
 
         ``device`` defaults to CUDA when available, else CPU; ``dtype`` is the network's dtype
-        (float32, or float16/bfloat16 on GPU). Missing files raise :class:`MagicBokehError`.
+        (float32, or float16/bfloat16 on GPU); ``input_size`` the lower bound on the network
+        input's sides (518 as released). Missing files raise :class:`MagicBokehError`.
         """
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_depth_anything_model(name_or_path).to(device=torch.device(device), dtype=dtype)
-        return cls(model, batch_size=batch_size, progress=progress)
+        return cls(model, input_size=input_size, batch_size=batch_size, progress=progress)
 
     @property
     def device(self) -> torch.device:

@@ -10,7 +10,9 @@ import argparse
 import importlib
 
 #: protocol name → module that registers it under that name.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "depth": "magicbokeh.eval.depth_command",
+}
 
 
 def add_subparser(commands: argparse._SubParsersAction) -> None:
