@@ -289,6 +289,81 @@ def convert_original_state_dict(
     return converted
 
 
+_HF_BLOCK = re.compile(r"backbone\.encoder\.layer\.(\d+)\.(.+)$")
+_HF_FUSED = {  # transformers parameter → (original fused parameter, its position in the fusion)
+    "attention.q_proj": ("attn.qkv", 0),
+    "attention.k_proj": ("attn.qkv", 1),
+    "attention.v_proj": ("attn.qkv", 2),
+    "mlp.gate_proj": ("mlp.w12", 0),
+    "mlp.up_proj": ("mlp.w12", 1),
+}
+_HF_REASSEMBLE = re.compile(r"neck\.reassemble_stage\.layers\.(\d)\.(projection|resize)\.(.+)$")
+_HF_CONV = re.compile(r"neck\.convs\.(\d)\.weight$")
+_HF_FUSION = re.compile(r"neck\.fusion_stage\.layers\.(\d)\.(.+)\.(weight|bias)$")
+
+
+def _original_block_key(index: str, rest: str) -> str | None:
+    """Original key of an unfused encoder-block parameter (``rest`` below ``layer.i.``)."""
+    prefix = f"pretrained.blocks.{index}."
+    if rest.endswith(".lambda1"):
+        inverse = {v: k for k, v in _BLOCK_RENAMES.items()}
+        name = inverse.get(rest)
+        return None if name is None else prefix + name
+    name, _, kind = rest.rpartition(".")
+    inverse = {v: k for k, v in _BLOCK_RENAMES.items() if not k.endswith(".gamma")}
+    return None if name not in inverse else f"{prefix}{inverse[name]}.{kind}"
+
+
+def to_original_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_original_state_dict`: transformers keys → original DA-V2 keys.
+
+    Query, key and value are concatenated back into ``attn.qkv`` (in that order), SwiGLU gate
+    and up into ``mlp.w12``. Returns a new dict of contiguous CPU tensors without ``module.``
+    prefixes; an unknown key raises :class:`MagicBokehError`.
+    """
+    embeddings = {v: k for k, v in _EMBEDDING_RENAMES.items()}
+    fusion = {v: k for k, v in _FUSION_RENAMES.items()}
+    original: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[int, torch.Tensor]] = {}
+    unknown = []
+    for key, tensor in state_dict.items():
+        tensor = tensor.detach().to("cpu")
+        name = None
+        if key in embeddings:
+            name = embeddings[key]
+        elif m := _HF_BLOCK.match(key):
+            index, rest = m.groups()
+            base, _, kind = rest.rpartition(".")
+            if base in _HF_FUSED:
+                target, position = _HF_FUSED[base]
+                fused.setdefault(f"pretrained.blocks.{index}.{target}.{kind}", {})[position] = (
+                    tensor
+                )
+                continue
+            name = _original_block_key(index, rest)
+        elif m := _HF_REASSEMBLE.match(key):
+            layer, part, rest = m.groups()
+            kind = "projects" if part == "projection" else "resize_layers"
+            name = f"depth_head.{kind}.{layer}.{rest}"
+        elif m := _HF_CONV.match(key):
+            name = f"depth_head.scratch.layer{int(m.group(1)) + 1}_rn.weight"
+        elif (m := _HF_FUSION.match(key)) and m.group(2) in fusion:
+            refinenet = 4 - int(m.group(1))
+            name = f"depth_head.scratch.refinenet{refinenet}.{fusion[m.group(2)]}.{m.group(3)}"
+        if name is None:
+            unknown.append(key)
+        else:
+            original[name] = tensor.contiguous()
+    for name, parts in fused.items():
+        original[name] = torch.cat([parts[i] for i in sorted(parts)], dim=0).contiguous()
+    if unknown:
+        raise MagicBokehError(
+            f"cannot map {', '.join(sorted(unknown)[:6])} to the original Depth Anything V2 "
+            "layout; only DepthAnythingForDepthEstimation weights can be exported"
+        )
+    return original
+
+
 def build_model(
     state_dict: dict[str, torch.Tensor], config: DepthAnythingConfig
 ) -> DepthAnythingForDepthEstimation:
