@@ -30,6 +30,7 @@ from magicbokeh.eval.depth_data import (
     KITTI_BENCHMARK_SIZE,
     KITTI_GARG_CROP,
     NYU_EIGEN_CROP,
+    NYU_FRAME,
     DepthProtocol,
     DepthSample,
     SizeMismatch,
@@ -185,15 +186,14 @@ def evaluate_depth(
 
 def protocol_record(protocol: DepthProtocol, degrade_seed: int) -> dict:
     """Every constant of the protocol, for the report."""
-    crop = (
-        {"name": "eigen", "rows_cols_on_480x640": list(NYU_EIGEN_CROP)}
-        if protocol.crop == "eigen"
-        else {
-            "name": "garg",
-            "fractions_rows_rows_cols_cols": list(KITTI_GARG_CROP),
-            "benchmark_crop_hw": list(KITTI_BENCHMARK_SIZE),
-        }
-    )
+    if protocol.crop == "eigen":
+        top, bottom, left, right = NYU_EIGEN_CROP
+        crop = {"name": "eigen", "frame_hw": list(NYU_FRAME)}
+        crop.update(rows=[top, bottom], columns=[left, right])
+    else:
+        top, bottom, left, right = KITTI_GARG_CROP
+        crop = {"name": "garg", "benchmark_crop_hw": list(KITTI_BENCHMARK_SIZE)}
+        crop.update(row_fractions=[top, bottom], column_fractions=[left, right])
     return {
         "dataset": protocol.name,
         "min_depth_m": protocol.min_depth,
