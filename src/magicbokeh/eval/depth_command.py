@@ -47,7 +47,11 @@ def add_subparser(protocols: argparse._SubParsersAction) -> None:
         help=f"folder for depth_<dataset>.md/.json (default {DEFAULT_REPORT_DIR})",
     )
     p.add_argument(
-        "--degrade-seed", type=int, default=0, help="base seed of the Degrade column (default 0)"
+        "--degrade-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="base seed of the Degrade column (default 0)",
     )
     p.add_argument(
         "--save-predictions",
