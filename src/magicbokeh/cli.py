@@ -36,6 +36,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "make realistic low-quality versions of photos (Real-ESRGAN degradation)",
     ),
     "synth": ("magicbokeh.data.command", "build a synthetic bokeh training set"),
+    "train": (
+        "magicbokeh.train.command",
+        "train MagicBokeh: SR pre-training, then alternating bokeh/SR training",
+    ),
+    "export": (
+        "magicbokeh.train.export_command",
+        "export a training checkpoint as a model folder or a released-format file",
+    ),
 }
 
 

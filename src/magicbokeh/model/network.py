@@ -57,6 +57,7 @@ class MagicBokehNetwork(ModelMixin, ConfigMixin):
     """
 
     config_name = CONFIG_FILE
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(

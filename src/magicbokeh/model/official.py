@@ -38,6 +38,7 @@ from magicbokeh.model.unet import is_pruned_unet_key, unet_kwargs_from_base_conf
 __all__ = [
     "DepthConverter",
     "OfficialCheckpoint",
+    "assign_tensors",
     "convert_official",
     "network_from_official",
     "read_official_checkpoint",
@@ -143,7 +144,7 @@ def _base_part(base_dir: Path, part: str, config_name: str) -> tuple[dict[str, A
     return read_config(folder / config_name), folder
 
 
-def _assign(
+def assign_tensors(
     expected: dict[str, torch.Tensor],
     prefix: str,
     sources: list[tuple[str, dict[str, torch.Tensor]]],
@@ -244,7 +245,7 @@ def network_from_official(
     vae_base = read_weights(vae_dir / _WEIGHTS)
     state: dict[str, torch.Tensor] = {}
     state.update(
-        _assign(
+        assign_tensors(
             expected,
             "unet.",
             [
@@ -256,7 +257,7 @@ def network_from_official(
         )
     )
     state.update(
-        _assign(
+        assign_tensors(
             expected,
             "vae.",
             [(f"{pkl}[state_dict_vae]", ckpt.state_dict_vae)],
@@ -265,7 +266,9 @@ def network_from_official(
         )
     )
     state.update(
-        _assign(expected, "controlnet.", [], ckpt.controlnet_state_dict, f"{pkl}[controlnet]")
+        assign_tensors(
+            expected, "controlnet.", [], ckpt.controlnet_state_dict, f"{pkl}[controlnet]"
+        )
     )
     return MagicBokehNetwork.from_config_and_state(
         config, state, torch_dtype=torch_dtype, device=device, source=pkl

@@ -69,7 +69,10 @@ class _Positions(Sampler):
             for p in range(first, first + self.batch_size):
                 epoch, offset = divmod(p, self.length)
                 if epoch != cached_epoch:
-                    cached_epoch, order = epoch, epoch_order(self.length, self.seed, self.key, epoch)
+                    cached_epoch, order = (
+                        epoch,
+                        epoch_order(self.length, self.seed, self.key, epoch),
+                    )
                 keys.append((epoch, int(order[offset])))
             yield keys
             position += self.batch_size * self.world
