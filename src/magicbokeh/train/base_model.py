@@ -80,8 +80,24 @@ def build_initial_network(
 ):
     """The starting :class:`~magicbokeh.model.network.MagicBokehNetwork` (float32, CPU).
 
-    ``seed`` draws the LoRA A factors. Raises MagicBokehError for a missing or unsuitable base.
+    ``seed`` draws every random initial value (LoRA A factors, the conditioning embedding).
+    Raises MagicBokehError for a missing or unsuitable base.
     """
+    base = Path(base)
+    check_base_folder(base)
+    for name, rank in (
+        ("--rank-unet", rank_unet),
+        ("--rank-vae", rank_vae),
+        ("--rank-bokeh", rank_bokeh),
+    ):
+        if rank < 1:
+            raise MagicBokehError(f"{name} must be at least 1, got {rank}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(base, rank_unet, rank_vae, rank_bokeh)
+
+
+def _build(base: Path, rank_unet: int, rank_vae: int, rank_bokeh: int):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from magicbokeh.model.controlnet import MagicBokehControlNet
@@ -94,15 +110,6 @@ def build_initial_network(
         unet_kwargs_from_base_config,
     )
 
-    base = Path(base)
-    check_base_folder(base)
-    for name, rank in (
-        ("--rank-unet", rank_unet),
-        ("--rank-vae", rank_vae),
-        ("--rank-bokeh", rank_bokeh),
-    ):
-        if rank < 1:
-            raise MagicBokehError(f"{name} must be at least 1, got {rank}")
     stock_unet = _load_part(UNet2DConditionModel, base / "unet", "UNet")
     vae = _load_part(AutoencoderKL, base / "vae", "VAE")
     scheduler = read_config(base / "scheduler" / "scheduler_config.json")
@@ -130,7 +137,6 @@ def build_initial_network(
         "unet_lora_decoder_modules": decoder,
         "vae_lora_encoder_modules": vae_lora_target_recipe(vae),
     }
-    torch.manual_seed(seed)
     fresh = MagicBokehNetwork(**config)
     fresh_state = fresh.state_dict()
     adapters = {

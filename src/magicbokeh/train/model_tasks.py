@@ -228,7 +228,10 @@ class _MagicBokehTask(TrainingTask):
         lq = torch.cat([p[1][0] for p in parts])
         target = torch.cat([p[1][1] for p in parts])
         defocus = torch.cat([p[1][2] for p in parts])
-        mask = torch.cat([p[1][3] for p in parts]) if self.masks_attention else None
+        # SR-only batches get no mask at all (the paper's "M set to 0"); mixed batches give
+        # their SR items an all-in-focus mask, which adds no bias.
+        masked = self.masks_attention and any(name == "bokeh" for name, _ in parts)
+        mask = torch.cat([p[1][3] for p in parts]) if masked else None
         output = model(lq * 2 - 1, defocus, mask, latent_noise=self._latent_noise(lq, generator))
         per_item, terms = self._loss(output, target * 2 - 1)
         result = StepOutput(loss=per_item.mean(), terms={k: v.mean() for k, v in terms.items()})
