@@ -46,16 +46,9 @@ def export_released(
     run: RunFolder, step: int | None, output: Path, overwrite: bool
 ) -> tuple[Path, int]:
     """Write the network of checkpoint ``step`` as a released-format ``lora.pkl``."""
-    from magicbokeh.io.atomic import atomic_write, ensure_writable
+    from magicbokeh.io.atomic import ensure_writable
+    from magicbokeh.model.released import save_released_checkpoint
 
-    try:
-        from magicbokeh.model.released import save_released_checkpoint
-    except ImportError:
-        raise MagicBokehError(
-            "this installation cannot write the released format yet; export --format magicbokeh"
-        ) from None
     output = ensure_writable(output, overwrite=overwrite)
     network, step = network_from_run(run, step)
-    with atomic_write(output, overwrite=overwrite) as temporary:
-        save_released_checkpoint(network, temporary)
-    return output, step
+    return save_released_checkpoint(network, output, overwrite=overwrite), step
