@@ -335,3 +335,41 @@ def test_gradient_checkpointing_and_bf16_train_the_same_model(data, tmp_path):
         torch.testing.assert_close(first[key], second[key], rtol=1e-4, atol=1e-6)
     assert train_sr(data, tmp_path / "bf16", "--steps", "1", "--mixed-precision", "bf16") == 0
     assert np.isfinite(read_metrics(RunFolder(tmp_path / "bf16").metrics_path)[0]["loss"])
+
+
+def test_released_export_round_trips_through_convert_official(data, sr_run, tmp_path):
+    pkl = tmp_path / "lora.pkl"
+    assert main("export", sr_run, "--format", "released", "-o", pkl) == 0
+    converted = tmp_path / "converted"
+    assert main("convert-official", "--base", data["base"], "--lora", pkl, "-o", converted) == 0
+    ours = network_from_run(RunFolder(sr_run))[0].eval()
+    theirs = MagicBokehNetwork.from_pretrained(converted).eval()
+    assert moved(state(ours), state(theirs)) == set()
+    gen = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 3, 64, 64, generator=gen) * 2 - 1
+    defocus = torch.rand(1, 1, 64, 64, generator=gen) * 2 - 1
+    mask = defocus < 0
+    with torch.no_grad():
+        assert torch.equal(ours(image, defocus, mask), theirs(image, defocus, mask))
+
+
+def test_lpips_loss_term_with_given_weights_and_a_clear_error_without(data, tmp_path, capsys):
+    from magicbokeh.metrics.lpips import LPIPS
+    from magicbokeh.metrics.lpips_weights import LPIPS_ASSETS
+
+    weights = tmp_path / "lpips"
+    weights.mkdir()
+    torch.manual_seed(0)
+    model = LPIPS("vgg")
+    backbone, heads = (weights / asset.name for asset in LPIPS_ASSETS["vgg"])
+    torch.save({f"features.{k}": v for k, v in model.features.state_dict().items()}, backbone)
+    torch.save({f"lin{i}.model.1.weight": h.weight.abs() for i, h in enumerate(model.heads)}, heads)
+    args = ["--steps", "1", "--lpips-weight", "2", "--lpips-weights", weights]
+    assert train_sr(data, tmp_path / "run", *args) == 0
+    record = read_metrics(RunFolder(tmp_path / "run").metrics_path)[0]
+    assert record["lpips"] > 0
+    assert record["loss"] == pytest.approx(record["l2"] + 2 * record["lpips"], rel=1e-5)
+    missing = ["--steps", "1", "--lpips-weight", "2", "--lpips-weights", tmp_path / "none"]
+    assert train_sr(data, tmp_path / "run2", *missing) == 2
+    assert "magicbokeh download --lpips vgg" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
