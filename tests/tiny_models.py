@@ -85,3 +85,25 @@ def tiny_network(vae_levels: int = 2) -> MagicBokehNetwork:
             if "lora_B" in name or name.endswith("_lora.1.weight") or "controlnet_" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
     return net
+
+
+def write_tiny_base(folder, vae_levels: int = 4, seed: int = 0):
+    """A Stable Diffusion 2.1-base style diffusers folder at toy width (what ``train sr`` reads).
+
+    The UNet is stock (mid block and cross-attention included, pruned on load); VAE, scheduler
+    and UNet configs follow SD2.1-base apart from the widths. Returns the folder.
+    """
+    import json
+    from pathlib import Path
+
+    from diffusers import UNet2DConditionModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**{**UNET, "attention_head_dim": tuple(UNET["attention_head_dim"])})
+    unet.save_pretrained(folder / "unet")
+    AutoencoderKL.from_config(vae_config(vae_levels)).save_pretrained(folder / "vae")
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    scheduler = {"_class_name": "DDPMScheduler", **SCHEDULER}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    return folder

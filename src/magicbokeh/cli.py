@@ -37,6 +37,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "synth": ("magicbokeh.data.command", "build a synthetic bokeh training set"),
     "eval": ("magicbokeh.eval.command", "score engines and models on benchmark protocols"),
+    "train": (
+        "magicbokeh.train.command",
+        "train MagicBokeh: SR pre-training, then alternating bokeh/SR training",
+    ),
+    "export": (
+        "magicbokeh.train.export_command",
+        "export a training checkpoint as a model folder or a released-format file",
+    ),
 }
 
 

@@ -2,7 +2,9 @@
 
 Sources are Hugging Face Hub ids or local folders with the same files; the result lands in
 the model home (``$MAGICBOKEH_HOME``, default ``~/.cache/magicbokeh``), where ``--engine auto``
-and ``--depth auto`` find it.
+and ``--depth auto`` find it. ``--lpips [vgg] [alex]`` installs the LPIPS weights instead
+(torchvision's ImageNet backbones and the lpips package's v0.1 heads, hash-checked) into
+``<model home>/lpips``, from the web or from local copies given with ``--lpips-from``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,29 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-depth", action="store_true", help="skip the depth model (DAdepth.pth)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--overwrite", action="store_true", help="replace an installed model")
+    p.add_argument(
+        "--lpips",
+        nargs="*",
+        choices=("vgg", "alex"),
+        metavar="NET",
+        help="install the LPIPS weights of NET (vgg, alex; both when none is named) instead of "
+        "the MagicBokeh model",
+    )
+    p.add_argument(
+        "--lpips-from",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="local LPIPS weight files or folders to install from (e.g. "
+        "~/.cache/torch/hub/checkpoints and the lpips package's weights/v0.1); nothing is "
+        "downloaded then",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.lpips is not None or args.lpips_from:
+        return run_lpips(args)
     from magicbokeh.api import DTYPES
     from magicbokeh.install import install
     from magicbokeh.runtime import model_home
@@ -47,4 +68,16 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
     )
     print(f"installed MagicBokeh into {target}")
+    return 0
+
+
+def run_lpips(args: argparse.Namespace) -> int:
+    from magicbokeh.metrics.lpips_weights import LPIPS_DIR, install_lpips
+    from magicbokeh.runtime import model_home
+
+    nets = args.lpips or ["vgg", "alex"]
+    folder = (args.home or model_home()) / LPIPS_DIR
+    files = install_lpips(nets, folder=folder, sources=args.lpips_from, overwrite=args.overwrite)
+    print(f"installed the LPIPS weights ({', '.join(nets)}) into {folder}: ", end="")
+    print(", ".join(f.name for f in files))
     return 0

@@ -118,8 +118,10 @@ class SRPairs(Dataset):
     ``crop``, take a random ``crop×crop`` window, flip it left-right with probability 0.5
     (``flip``), and degrade it with a generator seeded per item (``scale``, resized back to
     ``crop×crop`` as MagicBokeh's SR training does). Returns ``{"lq", "hq"}`` (``3×crop×crop``
-    sRGB in [0, 1]) and ``"index"``. A file that cannot be read is logged and replaced by the
-    next readable one, so one bad file does not stop a long training run.
+    sRGB in [0, 1]) and ``"index"``; with ``degrade=False`` only ``{"hq", "index"}``, for
+    training loops that degrade whole batches on the training device. A file that cannot be
+    read is logged and replaced by the next readable one, so one bad file does not stop a long
+    training run.
     """
 
     def __init__(
@@ -131,9 +133,11 @@ class SRPairs(Dataset):
         scale: int = 4,
         seed: int = 0,
         config: DegradationConfig | None = None,
+        degrade: bool = True,
     ) -> None:
         self.files = collect_images(sources)
         self.crop, self.flip, self.scale, self.seed = crop, flip, scale, seed
+        self.degrade = degrade
         self.config = config or DegradationConfig()
         self.epoch = 0
 
@@ -166,6 +170,8 @@ class SRPairs(Dataset):
         window = random_window(rng, rgb.shape[0], rgb.shape[1], self.crop)
         flip = self.flip and bool(rng.uniform() < 0.5)
         hq = _crop_flip({"hq": rgb}, window, flip)["hq"]
+        if not self.degrade:
+            return {"hq": hq, "index": index}
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63)))
         lq = degrade(
             hq[None], generator=generator, scale=self.scale, resize_back=True, config=self.config

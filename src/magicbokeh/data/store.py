@@ -32,19 +32,13 @@ import cv2
 import numpy as np
 
 from magicbokeh.errors import MagicBokehError
-from magicbokeh.io.atomic import atomic_write
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None  # type: ignore[assignment]
+from magicbokeh.io.atomic import LOCK_NAME, atomic_write, folder_lock
 
 FORMAT = "magicbokeh-synth"
 FORMAT_VERSION = 1
 HEADER_NAME = "dataset.json"
 MANIFEST_NAME = "manifest.jsonl"
 SAMPLES_DIR = "samples"
-LOCK_NAME = ".lock"
 #: The files of one sample, in writing order.
 SAMPLE_KINDS = ("lq", "hq", "bokeh", "disparity", "mask")
 #: Header fields that may differ between runs of the same dataset.
@@ -316,21 +310,12 @@ class DatasetStore:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the folder (POSIX); refuse when another run holds it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_NAME, "a") as handle:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    raise MagicBokehError(
-                        f"another run is writing to {self.root}; wait for it to finish or "
-                        "choose another -o folder"
-                    ) from None
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with folder_lock(
+            self.root,
+            f"another run is writing to {self.root}; wait for it to finish or choose another "
+            "-o folder",
+        ):
+            yield
 
 
 class ManifestAppender:

@@ -18,7 +18,14 @@ from pathlib import Path
 
 from magicbokeh.errors import MagicBokehError
 
-__all__ = ["atomic_write", "ensure_writable"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["atomic_write", "ensure_writable", "folder_lock"]
+
+LOCK_NAME = ".lock"
 
 
 def _exists_message(path: Path) -> str:
@@ -143,3 +150,25 @@ def _move_without_replacing(source: Path, target: Path) -> None:
         os.replace(source, target)
     else:
         source.unlink()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], busy_message: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (a ``.lock`` file in it; POSIX ``flock``).
+
+    Creates the folder if needed. Raises MagicBokehError(``busy_message``) when another
+    process holds the lock. On systems without ``flock`` no lock is taken.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise MagicBokehError(busy_message) from None
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -20,6 +20,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.controlnets.controlnet import ControlNetModel
 from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.model.unet import MagicBokehUNet, prune_cross_attention, time_embedding
@@ -168,7 +169,8 @@ class MagicBokehControlNet(ModelMixin, ConfigMixin):
         )
         for name in ("conv_in", "time_embedding", "down_blocks"):
             getattr(net, name).load_state_dict(getattr(unet, name).state_dict())
-        return net.to(device=unet.device, dtype=unet.dtype)
+        # torch's own ``to``: diffusers' override warns about fp32-only modules (there are none).
+        return nn.Module.to(net, device=unet.device, dtype=unet.dtype)
 
     def embed_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """Conditioning embedding: B×3×H×W in [-1, 1] → B×C0×H/8×W/8."""

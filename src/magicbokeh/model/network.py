@@ -40,7 +40,7 @@ from magicbokeh.model.lora import add_unet_sr_lora, add_vae_encoder_lora
 from magicbokeh.model.mask_attention import FocusMaskAttnProcessor, install_focus_attention
 from magicbokeh.model.unet import MagicBokehUNet
 
-__all__ = ["CONFIG_FILE", "NETWORK_SUBFOLDER", "WEIGHTS_FILE", "MagicBokehNetwork"]
+__all__ = ["CONFIG_FILE", "NETWORK_SUBFOLDER", "WEIGHTS_FILE", "MagicBokehNetwork", "jsonable"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -57,6 +57,7 @@ class MagicBokehNetwork(ModelMixin, ConfigMixin):
     """
 
     config_name = CONFIG_FILE
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -235,7 +236,7 @@ class MagicBokehNetwork(ModelMixin, ConfigMixin):
         config = {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
         config["_class_name"] = type(self).__name__
         tmp_config = folder / (CONFIG_FILE + ".tmp")
-        tmp_config.write_text(json.dumps(_jsonable(config), indent=2, sort_keys=True) + "\n")
+        tmp_config.write_text(json.dumps(jsonable(config), indent=2, sort_keys=True) + "\n")
         tmp_config.replace(folder / CONFIG_FILE)
         return folder
 
@@ -344,9 +345,10 @@ def check_state_dict(
             )
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and keys as strings, as JSON stores it."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value

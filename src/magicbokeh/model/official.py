@@ -7,6 +7,10 @@ encoder is not needed) and ``lora.pkl``, a ``torch.save`` dict with the keys ``r
 ``state_dict_attn`` (the bokeh LoRA rank, an int) and ``processor_state_dict``.
 
 ``lora.pkl`` is read with the allow-list unpickler of :mod:`magicbokeh.model.safe_unpickle`.
+Its ``controlnet`` is either the released pickled module or, in files written by
+:mod:`magicbokeh.model.released`, a state dict with an optional ``controlnet_config``; without
+that config the ControlNet is the one ``ControlNetModel.from_unet`` builds from the base UNet
+(conditioning channels read from the state dict's shapes).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from magicbokeh.model.unet import is_pruned_unet_key, unet_kwargs_from_base_conf
 __all__ = [
     "DepthConverter",
     "OfficialCheckpoint",
+    "assign_tensors",
+    "controlnet_config_from_unet",
     "convert_official",
     "network_from_official",
     "read_official_checkpoint",
@@ -61,6 +67,8 @@ _REQUIRED_PKL_KEYS = (
 )
 # Keys of OSEDiff-style savers that carry nothing MagicBokeh reads.
 _IGNORED_PKL_KEYS = ("unet_lora_others_modules",)
+_OPTIONAL_PKL_KEYS = ("controlnet_config",)
+_COND_EMBEDDING = "controlnet_cond_embedding."
 
 
 @dataclass
@@ -76,7 +84,8 @@ class OfficialCheckpoint:
     state_dict_unet: dict[str, torch.Tensor]
     state_dict_vae: dict[str, torch.Tensor]
     processor_state_dict: dict[str, torch.Tensor]
-    controlnet_config: dict[str, Any]
+    controlnet_config: dict[str, Any] | None
+    """The ControlNet's diffusers config; None when the file stores only its state dict."""
     controlnet_state_dict: dict[str, torch.Tensor]
 
 
@@ -109,7 +118,8 @@ def read_official_checkpoint(lora_pkl: str | Path) -> OfficialCheckpoint:
     missing = [k for k in _REQUIRED_PKL_KEYS if k not in raw]
     if missing:
         raise MagicBokehError(f"{path} lacks the keys {missing}; it is not a MagicBokeh lora.pkl")
-    unknown = sorted(str(k) for k in raw if k not in _REQUIRED_PKL_KEYS + _IGNORED_PKL_KEYS)
+    known = _REQUIRED_PKL_KEYS + _IGNORED_PKL_KEYS + _OPTIONAL_PKL_KEYS
+    unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         raise MagicBokehError(f"{path} has unknown keys {unknown}; cannot tell what they hold")
     return OfficialCheckpoint(
@@ -128,9 +138,73 @@ def read_official_checkpoint(lora_pkl: str | Path) -> OfficialCheckpoint:
         state_dict_unet=_tensors(raw["state_dict_unet"], "state_dict_unet", path),
         state_dict_vae=_tensors(raw["state_dict_vae"], "state_dict_vae", path),
         processor_state_dict=_tensors(raw["processor_state_dict"], "processor_state_dict", path),
-        controlnet_config=pickled_module_config(raw["controlnet"]),
-        controlnet_state_dict=pickled_module_state_dict(raw["controlnet"]),
+        **_controlnet(raw, path),
     )
+
+
+def _controlnet(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``controlnet_config`` and ``controlnet_state_dict`` from a pickled module or a state dict."""
+    controlnet = raw["controlnet"]
+    config = raw.get("controlnet_config")
+    if config is not None and not isinstance(config, dict):
+        raise MagicBokehError(f"{path}: 'controlnet_config' must be a dict of settings")
+    if isinstance(controlnet, dict):
+        return {
+            "controlnet_config": config,
+            "controlnet_state_dict": _tensors(controlnet, "controlnet", path),
+        }
+    return {
+        "controlnet_config": config or pickled_module_config(controlnet),
+        "controlnet_state_dict": pickled_module_state_dict(controlnet),
+    }
+
+
+def controlnet_config_from_unet(
+    unet_config: dict[str, Any], state: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The config ``ControlNetModel.from_unet`` gives for ``unet_config``, with the conditioning
+    channels of the embedding in ``state`` (a ControlNet state dict)."""
+    try:
+        conv_in = state[_COND_EMBEDDING + "conv_in.weight"]
+        blocks = sorted(
+            int(k[len(_COND_EMBEDDING + "blocks.") :].split(".")[0])
+            for k in state
+            if k.startswith(_COND_EMBEDDING + "blocks.") and k.endswith(".weight")
+        )
+        outs = [int(conv_in.shape[0])] + [
+            int(state[f"{_COND_EMBEDDING}blocks.{i}.weight"].shape[0]) for i in blocks[1::2]
+        ]
+    except (KeyError, IndexError, ValueError):
+        raise MagicBokehError(
+            "the checkpoint's ControlNet has no conditioning embedding; it is not a MagicBokeh "
+            "injector"
+        ) from None
+    config = {k: v for k, v in unet_config.items() if k in _FROM_UNET_KEYS}
+    config["conditioning_channels"] = int(conv_in.shape[1])
+    config["conditioning_embedding_out_channels"] = outs
+    return config
+
+
+# UNet config entries that ``ControlNetModel.from_unet`` carries over.
+_FROM_UNET_KEYS = (
+    "in_channels",
+    "flip_sin_to_cos",
+    "freq_shift",
+    "down_block_types",
+    "block_out_channels",
+    "layers_per_block",
+    "downsample_padding",
+    "act_fn",
+    "norm_num_groups",
+    "norm_eps",
+    "cross_attention_dim",
+    "transformer_layers_per_block",
+    "attention_head_dim",
+    "num_attention_heads",
+    "use_linear_projection",
+    "upcast_attention",
+    "resnet_time_scale_shift",
+)
 
 
 def _base_part(base_dir: Path, part: str, config_name: str) -> tuple[dict[str, Any], Path]:
@@ -143,7 +217,7 @@ def _base_part(base_dir: Path, part: str, config_name: str) -> tuple[dict[str, A
     return read_config(folder / config_name), folder
 
 
-def _assign(
+def assign_tensors(
     expected: dict[str, torch.Tensor],
     prefix: str,
     sources: list[tuple[str, dict[str, torch.Tensor]]],
@@ -222,9 +296,13 @@ def network_from_official(
     ckpt = read_official_checkpoint(lora_pkl)
     pkl = Path(lora_pkl).name
 
+    unet_kwargs = unet_kwargs_from_base_config(unet_cfg)
+    controlnet_cfg = ckpt.controlnet_config or controlnet_config_from_unet(
+        unet_kwargs, ckpt.controlnet_state_dict
+    )
     config = {
-        "unet_config": unet_kwargs_from_base_config(unet_cfg),
-        "controlnet_config": controlnet_kwargs_from_config(ckpt.controlnet_config),
+        "unet_config": unet_kwargs,
+        "controlnet_config": controlnet_kwargs_from_config(controlnet_cfg),
         "vae_config": {k: v for k, v in vae_cfg.items() if not k.startswith("_")},
         "scheduler_config": {k: v for k, v in sched_cfg.items() if not k.startswith("_")},
         "rank_unet": ckpt.rank_unet,
@@ -244,7 +322,7 @@ def network_from_official(
     vae_base = read_weights(vae_dir / _WEIGHTS)
     state: dict[str, torch.Tensor] = {}
     state.update(
-        _assign(
+        assign_tensors(
             expected,
             "unet.",
             [
@@ -256,7 +334,7 @@ def network_from_official(
         )
     )
     state.update(
-        _assign(
+        assign_tensors(
             expected,
             "vae.",
             [(f"{pkl}[state_dict_vae]", ckpt.state_dict_vae)],
@@ -265,7 +343,9 @@ def network_from_official(
         )
     )
     state.update(
-        _assign(expected, "controlnet.", [], ckpt.controlnet_state_dict, f"{pkl}[controlnet]")
+        assign_tensors(
+            expected, "controlnet.", [], ckpt.controlnet_state_dict, f"{pkl}[controlnet]"
+        )
     )
     return MagicBokehNetwork.from_config_and_state(
         config, state, torch_dtype=torch_dtype, device=device, source=pkl

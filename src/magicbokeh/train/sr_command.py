@@ -1,0 +1,47 @@
+"""``magicbokeh train sr``: stage 1, SR pre-training from Stable Diffusion 2.1-base."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from magicbokeh.train.model_options import add_model_options
+from magicbokeh.train.options import add_run_options, finish_parser
+
+
+def add_subparser(tasks: argparse._SubParsersAction) -> None:
+    p = tasks.add_parser(
+        "sr",
+        help="stage 1: SR pre-training (SR LoRA, VAE-encoder LoRA, conv_in) from SD 2.1-base",
+        description="Stage 1 of MagicBokeh (paper §3.1): prune SD 2.1-base (mid block and "
+        "cross-attention removed), add the SR LoRA to the UNet and the VAE encoder, and train "
+        "them and the UNet's conv_in on photos degraded on the fly (Real-ESRGAN, scale 4, "
+        "resized back) with L2 + LPIPS.",
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument("--base", type=Path, metavar="SD21_DIR", help="Stable Diffusion 2.1-base folder")
+    g.add_argument(
+        "--data", type=Path, nargs="+", metavar="DIR", help="HQ photos: folders or .txt lists"
+    )
+    g.add_argument("--val-data", type=Path, nargs="+", metavar="DIR", help="held-out HQ photos")
+    g.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
+    g.add_argument("--rank-unet", type=int, default=4, metavar="R", help="SR LoRA rank (default 4)")
+    g.add_argument("--rank-vae", type=int, default=4, metavar="R", help="VAE LoRA rank (default 4)")
+    g.add_argument(
+        "--rank-bokeh",
+        type=int,
+        default=8,
+        metavar="R",
+        help="bokeh LoRA rank, created now and trained by `train bokeh` (default 8)",
+    )
+    add_model_options(p)
+    add_run_options(p, steps=100_000, batch_size=4)
+    finish_parser(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from magicbokeh.train.command import run_task
+    from magicbokeh.train.model_tasks import SRTask
+
+    return run_task(args, SRTask)
