@@ -123,9 +123,9 @@ def main() -> None:
         student.eval()
         for name, clean in held_out.items():
             lq = held_out_lq[name]
-            teacher_gap = output_gap(teacher, teacher, lq, clean)
-            student_gap = output_gap(student, teacher, lq, clean)
-            clean_drift = output_gap(student, teacher, clean, clean)
+            teacher_gap = float(output_gap(teacher, teacher, lq, clean))
+            student_gap = float(output_gap(student, teacher, lq, clean))
+            clean_drift = float(output_gap(student, teacher, clean, clean))
             print(
                 f"{label}, {name}: teacher(LQ) gap {teacher_gap:.4f}, student(LQ) gap "
                 f"{student_gap:.4f}, ratio {student_gap / teacher_gap:.3f}, "

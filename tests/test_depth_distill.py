@@ -185,8 +185,8 @@ def test_a_few_steps_bring_the_student_closer_to_the_clean_teacher(teacher) -> N
         optimizer.zero_grad()
         losses.total.backward()
         optimizer.step()
-    before = output_gap(teacher, teacher, losses.lq, clean)
-    after = output_gap(student, teacher, losses.lq, clean)
+    before = float(output_gap(teacher, teacher, losses.lq, clean))
+    after = float(output_gap(student, teacher, losses.lq, clean))
     assert after < 0.85 * before
     panels = sample_panels(teacher, student, clean, losses.lq)
     assert set(panels) == {"lq", "teacher_hq", "teacher_lq", "student_lq"}

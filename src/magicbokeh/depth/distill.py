@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from magicbokeh.degrade.pipeline import DegradationConfig, degrade
 from magicbokeh.depth.depth_anything import load_depth_anything_model, preprocess
@@ -236,11 +237,38 @@ def output_gap(
     teacher: DepthAnythingForDepthEstimation,
     inputs: torch.Tensor,
     clean: torch.Tensor,
-) -> float:
-    """Scale-and-shift-invariant L1 between ``model(inputs)`` and ``teacher(clean)``.
+) -> torch.Tensor:
+    """Scale-and-shift-invariant L1 (0-d tensor) between ``model(inputs)`` and ``teacher(clean)``.
 
     With degraded ``inputs``, a degradation-aware student should score below the teacher.
     """
     prediction = model(pixel_values=network_input(inputs, model)).predicted_depth
     target = teacher(pixel_values=network_input(clean, teacher)).predicted_depth
-    return float(scale_shift_invariant_loss(prediction.float(), target.float()))
+    return scale_shift_invariant_loss(prediction.float(), target.float())
+
+
+class DistillationModel(nn.Module):
+    """The frozen ``teacher`` and the trainable ``student`` as one module (for a training loop
+    that wraps its model, e.g. in DDP): ``forward(clean, generator)`` is
+    :func:`distillation_loss`. The teacher stays in eval mode whatever :meth:`train` says."""
+
+    def __init__(
+        self,
+        teacher: DepthAnythingForDepthEstimation,
+        student: DepthAnythingForDepthEstimation,
+        settings: DistillSettings,
+    ) -> None:
+        super().__init__()
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.student = student
+        self.settings = settings
+
+    def train(self, mode: bool = True) -> DistillationModel:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, clean: torch.Tensor, generator: torch.Generator) -> DistillLosses:
+        return distillation_loss(
+            self.teacher, self.student, clean, generator=generator, settings=self.settings
+        )

@@ -17,6 +17,7 @@ from typing import Any
 SUBCOMMANDS: dict[str, str] = {
     "sr": "magicbokeh.train.sr_command",
     "bokeh": "magicbokeh.train.bokeh_command",
+    "depth": "magicbokeh.train.depth_command",
 }
 
 

@@ -25,9 +25,23 @@ FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("sr", "bokeh"),
         "lora.pkl in the layout the released inference script loads",
     ),
+    "transformers": (
+        "magicbokeh.train.depth_task:export_transformers",
+        ("depth",),
+        "Depth Anything V2 transformers folder (config.json + model.safetensors)",
+    ),
+    "original": (
+        "magicbokeh.train.depth_task:export_original",
+        ("depth",),
+        "DAdepth.pth in the original Depth Anything V2 layout the released code reads",
+    ),
 }
 #: task → the format used without --format.
-DEFAULT_FORMATS: dict[str, str] = {"sr": "magicbokeh", "bokeh": "magicbokeh"}
+DEFAULT_FORMATS: dict[str, str] = {
+    "sr": "magicbokeh",
+    "bokeh": "magicbokeh",
+    "depth": "transformers",
+}
 
 
 def add_subparser(commands: argparse._SubParsersAction) -> None:
