@@ -36,6 +36,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "make realistic low-quality versions of photos (Real-ESRGAN degradation)",
     ),
     "synth": ("magicbokeh.data.command", "build a synthetic bokeh training set"),
+    "app": ("magicbokeh.commands.app", "open the web app: click to focus, drag the aperture"),
+    "sweep": (
+        "magicbokeh.commands.sweep",
+        "animate a focus pull or an aperture ramp (MP4, GIF, WebP)",
+    ),
 }
 
 
