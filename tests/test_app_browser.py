@@ -144,9 +144,7 @@ def test_click_to_focus_render_and_download(page, tmp_path: Path) -> None:
     aperture = page.locator("#aperture input[type=number]")
     aperture.fill("24")
     aperture.press("Enter")
-    page.wait_for_function(
-        "document.querySelector('#preview-info').innerText.includes('preview 320×240')"
-    )
+    page.wait_for_function("document.querySelector('#preview-info').innerText.includes('320×240')")
 
     wait_for_status(page, lambda: page.click("#render-button"), "rendered")
     links = page.locator("#download a[download]")

@@ -34,7 +34,7 @@ def photo_path(tmp_path: Path) -> Path:
 
 def test_preview_of_a_small_photo_is_the_full_render(photo_path: Path) -> None:
     photo = open_photo(photo_path, max_megapixels=1.0)
-    assert photo.preview_scale == 1.0 and photo.depth_source == "heuristic"
+    assert photo.screen.scale == photo.draft.scale == 1.0 and photo.depth_source == "heuristic"
     settings = LensSettings(focus=(48.0, 32.0), aperture=10.0, blades=6, rotation=15.0)
     full = render_full(photo, settings, model=None, max_megapixels=1.0)
     expected = magicbokeh.render(
@@ -53,22 +53,21 @@ def test_preview_is_screen_size_with_k_scaled(
     photo_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(session, "PREVIEW_PIXELS", 64 * 96 // 4)
+    monkeypatch.setattr(session, "DRAFT_PIXELS", 64 * 96 // 16)
     photo = open_photo(photo_path, max_megapixels=1.0)
-    assert photo.preview_scale == pytest.approx(0.5)
-    assert tuple(photo.preview_rgb.shape) == (1, 3, 32, 48)
-    assert photo.full_point(24, 16) == (48.0, 32.0) and photo.preview_point((48.0, 32.0)) == (
-        24,
-        16,
-    )
+    assert photo.screen.scale == pytest.approx(0.5) and photo.draft.scale == pytest.approx(0.25)
+    assert tuple(photo.screen.rgb.shape) == (1, 3, 32, 48)
+    assert tuple(photo.draft.disparity.shape) == (1, 1, 16, 24)
+    assert photo.full_point(24, 16) == (48.0, 32.0)
+    assert photo.screen_point((48.0, 32.0)) == (24, 16)
     settings = LensSettings(focus=(48.0, 32.0), aperture=12.0)
     preview = render_preview(photo, settings)
-    full = render_full(photo, settings, model=None, max_megapixels=1.0).image
-    shrunk = full.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))
-    halved_k = render_preview(photo, LensSettings(focus=(48.0, 32.0), aperture=24.0))
-    assert np.abs(preview - shrunk).mean() < np.abs(halved_k - shrunk).mean()
-    assert photo.focus_disparity((48.0, 32.0)) == pytest.approx(
-        render_full(photo, settings, model=None, max_megapixels=1.0).focus_disparity
-    )
+    full = render_full(photo, settings, model=None, max_megapixels=1.0)
+    shrunk = full.image.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))
+    unscaled_k = render_preview(photo, LensSettings(focus=(48.0, 32.0), aperture=24.0))
+    assert np.abs(preview - shrunk).mean() < np.abs(unscaled_k - shrunk).mean()
+    assert render_preview(photo, settings, draft=True).shape == (16, 24, 3)
+    assert photo.focus_disparity((48.0, 32.0)) == pytest.approx(full.focus_disparity)
 
 
 def test_save_result_round_trips_16_bit_with_sidecar(tmp_path: Path) -> None:
@@ -85,7 +84,9 @@ def test_save_result_round_trips_16_bit_with_sidecar(tmp_path: Path) -> None:
     assert np.abs(loaded.rgb - result.image).max() <= 0.5 / 65535 + 1e-7
     settings = json.loads(sidecar.read_text())
     assert settings["input"] == "deep.png" and settings["aperture_K"] == 4.0
-    assert settings["focus"] == {"kind": "auto"} and settings["output_bit_depth"] == 16
+    assert settings["focus"]["kind"] == "disparity" and "auto" in settings["focus"]["chosen_by"]
+    assert settings["focus_disparity"] == photo.focus_disparity(None)
+    assert settings["output_bit_depth"] == 16
     photo.close()
     assert not image_path.exists()
 

@@ -1,11 +1,12 @@
 """What the web app does, without the web page: open a photo, preview, render, save.
 
 A :class:`Photo` holds everything about one opened photo that does not change while the user
-refocuses it: the decoded image, its disparity (estimated once), the screen-size copies used
-for previews, and the focus disparity of the current focus. Previews are rendered with the
-physical engine at screen size (at most :data:`PREVIEW_PIXELS`) with K scaled by the preview's
-size ratio, so a preview looks like the full result shrunk to the screen; "Render" runs
-:func:`magicbokeh.render` at full resolution with the chosen engine.
+refocuses it: the decoded image, its disparity (estimated once), the small copies used for
+previews, and the focus disparities already resolved. Previews are rendered with the physical
+engine at screen size (at most :data:`PREVIEW_PIXELS`) with K scaled by the preview's size
+ratio, so a preview looks like the full result shrunk to the screen; while a slider is being
+dragged, drafts at a quarter of that (:data:`DRAFT_PIXELS`) keep up with the hand. "Render"
+runs :func:`magicbokeh.render` at full resolution with the chosen engine.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from magicbokeh.io import LoadedImage, load_image, save_image, write_sidecar
 from magicbokeh.optics import Aperture, render_physical
 from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 
-#: Largest preview, in pixels (about 1152×864 for a 4:3 photo).
+#: Largest preview, in pixels (about 1152×864 for a 4:3 photo), and largest draft.
 PREVIEW_PIXELS = 1_000_000
+DRAFT_PIXELS = 250_000
 #: Largest output of a full render, as a multiple of the upload limit (the SR scale grows it).
 OUTPUT_LIMIT_FACTOR = 4.0
 DEMO_NAME = "motorcycle.png"
@@ -51,13 +53,36 @@ class LensSettings:
         return Aperture(blades=int(self.blades), rotation=self.rotation, cat_eye=self.cat_eye)
 
 
+@dataclass(frozen=True)
+class Preview:
+    """A small copy of a photo: ``scale`` = its size / full size (≤ 1), ``rgb`` ``1×3×h×w``
+    sRGB and ``disparity`` ``1×1×h×w`` in [0, 1], float32 tensors."""
+
+    scale: float
+    rgb: torch.Tensor
+    disparity: torch.Tensor
+
+    @classmethod
+    def of(cls, rgb: np.ndarray, disparity: np.ndarray, pixels: int) -> Preview:
+        """``rgb`` (``H×W×3``) and ``disparity`` (``H×W``) area-shrunk to at most ``pixels``."""
+        height, width = disparity.shape
+        scale = min(1.0, math.sqrt(pixels / (height * width)))
+        size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
+
+        def shrink(array: np.ndarray) -> torch.Tensor:
+            if scale < 1.0:
+                array = cv2.resize(array.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+        small = shrink(rgb).permute(2, 0, 1)[None].contiguous()
+        return cls(scale, small, shrink(disparity)[None, None].contiguous())
+
+
 @dataclass
 class Photo:
-    """An opened photo: full-resolution image and disparity, and their screen-size copies.
+    """An opened photo: full-resolution image and disparity, screen-size and draft copies.
 
-    ``preview_scale`` is preview size / full size (≤ 1); ``preview_rgb`` is ``1×3×h×w`` sRGB
-    and ``preview_disparity`` ``1×1×h×w``, both float32 tensors; ``focus_cache`` maps a focus
-    point (None = auto) to its focus disparity on the full-resolution map.
+    ``focus_cache`` maps a focus point (None = auto) to its focus disparity.
     """
 
     name: str
@@ -65,9 +90,8 @@ class Photo:
     disparity: np.ndarray
     depth_source: str
     depth_warning: str | None
-    preview_scale: float
-    preview_rgb: torch.Tensor
-    preview_disparity: torch.Tensor
+    screen: Preview
+    draft: Preview
     output_folder: Path = field(default_factory=lambda: new_output_folder())
     focus_cache: dict = field(default_factory=dict)
 
@@ -77,22 +101,30 @@ class Photo:
         return self.image.rgb.shape[1], self.image.rgb.shape[0]
 
     def focus_disparity(self, focus: tuple[float, float] | None) -> float:
-        """``d_f`` of a focus point (None = auto), as a full render resolves it."""
+        """``d_f`` of a focus point on the full-resolution map, or of auto focus (None).
+
+        Auto focus is resolved on the screen-size map (a scene-level choice that takes
+        seconds on a 12 MP map and fractions of one on the preview's), and full renders use
+        that same ``d_f``, so the preview and the result agree.
+        """
         if focus not in self.focus_cache:
-            spec = as_focus_spec("auto" if focus is None else focus)
-            self.focus_cache[focus] = resolve_focus(self.disparity, spec)
+            if focus is None:
+                disparity = self.screen.disparity[0, 0].numpy()
+                self.focus_cache[focus] = resolve_focus(disparity, as_focus_spec("auto"))
+            else:
+                self.focus_cache[focus] = resolve_focus(self.disparity, as_focus_spec(focus))
         return self.focus_cache[focus]
 
-    def preview_point(self, focus: tuple[float, float]) -> tuple[int, int]:
-        """A full-resolution point in preview pixels."""
-        return round(focus[0] * self.preview_scale), round(focus[1] * self.preview_scale)
+    def screen_point(self, focus: tuple[float, float]) -> tuple[int, int]:
+        """A full-resolution point in screen-size preview pixels."""
+        return round(focus[0] * self.screen.scale), round(focus[1] * self.screen.scale)
 
     def full_point(self, x: float, y: float) -> tuple[float, float]:
-        """A preview pixel in full-resolution pixels (inside the photo)."""
+        """A screen-size preview pixel in full-resolution pixels (inside the photo)."""
         width, height = self.size
         return (
-            float(min(max(round(x / self.preview_scale), 0), width - 1)),
-            float(min(max(round(y / self.preview_scale), 0), height - 1)),
+            float(min(max(round(x / self.screen.scale), 0), width - 1)),
+            float(min(max(round(y / self.screen.scale), 0), height - 1)),
         )
 
     def close(self) -> None:
@@ -137,7 +169,7 @@ def open_photo(path: str | Path, max_megapixels: float, depth: object = "auto") 
     from magicbokeh.depth.resolve import resolve_depth
 
     resolved = resolve_depth(depth, image.rgb, image_path=file)
-    return _photo(name, image, resolved.disparity, resolved.source, resolved.warning)
+    return make_photo(name, image, resolved.disparity, resolved.source, resolved.warning)
 
 
 def demo_photo() -> Photo:
@@ -146,39 +178,33 @@ def demo_photo() -> Photo:
 
     rgb, disparity = demo_scene()
     image = LoadedImage(rgb=rgb, alpha=None, bit_depth=8, icc_profile=None, source=None)
-    return _photo(DEMO_NAME, image, disparity, "skimage.data.stereo_motorcycle ground truth", None)
+    return make_photo(
+        DEMO_NAME, image, disparity, "skimage.data.stereo_motorcycle ground truth", None
+    )
 
 
-def _photo(
+def make_photo(
     name: str, image: LoadedImage, disparity: np.ndarray, source: str, warning: str | None
 ) -> Photo:
-    height, width = disparity.shape
-    scale = min(1.0, math.sqrt(PREVIEW_PIXELS / (height * width)))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-
-    def shrink(array: np.ndarray) -> np.ndarray:
-        if scale == 1.0:
-            return np.ascontiguousarray(array, dtype=np.float32)
-        return cv2.resize(array.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-
-    rgb = torch.from_numpy(shrink(image.rgb)).permute(2, 0, 1)[None].contiguous()
-    small = torch.from_numpy(shrink(disparity))[None, None].contiguous()
-    return Photo(name, image, disparity, source, warning, scale, rgb, small)
+    """A :class:`Photo` from a decoded image and its disparity (``H×W`` in [0, 1])."""
+    screen = Preview.of(image.rgb, disparity, PREVIEW_PIXELS)
+    draft = Preview.of(image.rgb, disparity, DRAFT_PIXELS)
+    return Photo(name, image, disparity, source, warning, screen, draft)
 
 
-def render_preview(photo: Photo, settings: LensSettings) -> np.ndarray:
-    """Screen-size preview with the physical engine: ``h×w×3`` float32 sRGB in [0, 1].
+def render_preview(photo: Photo, settings: LensSettings, *, draft: bool = False) -> np.ndarray:
+    """Screen-size (or draft-size) preview with the physical engine: ``h×w×3`` sRGB in [0, 1].
 
     K is scaled from output pixels to preview pixels (preview size / output size), so the
     preview shows the full-resolution result's blur shrunk to the screen.
     """
-    ratio = photo.preview_scale / settings.scale
+    preview = photo.draft if draft else photo.screen
     with torch.inference_mode():
         out = render_physical(
-            photo.preview_rgb,
-            photo.preview_disparity,
+            preview.rgb,
+            preview.disparity,
             photo.focus_disparity(settings.focus),
-            settings.aperture * ratio,
+            settings.aperture * preview.scale / settings.scale,
             aperture_shape=settings.aperture_shape(),
             highlight=settings.highlight,
         )
@@ -188,7 +214,10 @@ def render_preview(photo: Photo, settings: LensSettings) -> np.ndarray:
 def render_full(
     photo: Photo, settings: LensSettings, *, model: str | Path | None, max_megapixels: float
 ) -> RenderResult:
-    """The full-resolution result with the chosen engine (``progress`` shown through tqdm)."""
+    """The full-resolution result with the chosen engine (``progress`` shown through tqdm).
+
+    The focus is the settings' point, or the auto focus disparity the preview used.
+    """
     width, height = photo.size
     output_mp = width * height * settings.scale**2 / 1e6
     if output_mp > OUTPUT_LIMIT_FACTOR * max_megapixels:
@@ -197,10 +226,10 @@ def render_full(
             f"limit of {OUTPUT_LIMIT_FACTOR * max_megapixels:g} MP: choose a smaller scale"
         )
     physical = select_engine(settings.engine, model)[0] == "physical"
-    return render(
+    result = render(
         photo.image,
         depth=photo.disparity,
-        focus="auto" if settings.focus is None else settings.focus,
+        focus=photo.focus_disparity(None) if settings.focus is None else settings.focus,
         aperture=settings.aperture,
         engine=settings.engine,
         aperture_shape=settings.aperture_shape() if physical else None,
@@ -209,6 +238,9 @@ def render_full(
         model=model,
         progress=True,
     )
+    if settings.focus is None:
+        result.settings["focus"]["chosen_by"] = "auto focus on the screen-size disparity map"
+    return result
 
 
 def save_result(photo: Photo, result: RenderResult) -> tuple[Path, Path]:

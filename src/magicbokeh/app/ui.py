@@ -9,7 +9,8 @@ Element ids (stable, for tests and scripts): ``input-image`` (upload), ``example
 Every handler reports bad input as one line in ``status`` (and a toast), never a stack
 trace; unexpected failures are logged on the server and reported the same way, so the page
 keeps working. Previews share one worker and only the latest slider position is rendered;
-full renders are queued, ``concurrency`` at a time.
+while a slider moves, quarter-size drafts keep up with it and the screen-size preview follows
+when it is let go. Full renders are queued, ``concurrency`` at a time.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ def build_app(
             return {
                 photo_state: photo,
                 focus_state: None,
-                focus_image: with_marker(photo.preview_rgb, None),
-                depth_image: colour_disparity(photo.preview_disparity),
+                focus_image: with_marker(photo.screen.rgb, None),
+                depth_image: colour_disparity(photo.screen.disparity),
                 output_image: None,
                 download: None,
                 status: status_text,
@@ -189,37 +190,41 @@ def build_app(
             d_f = photo.focus_disparity(point)
             return {
                 focus_state: point,
-                focus_image: with_marker(photo.preview_rgb, photo.preview_point(point)),
+                focus_image: with_marker(photo.screen.rgb, photo.screen_point(point)),
                 status: f"focus at ({point[0]:.0f}, {point[1]:.0f}), disparity {d_f:.3f}",
             }
 
-        @_reported(status)
-        def on_preview(
-            photo: Photo | None,
-            focus: tuple | None,
-            aperture: float,
-            blades: float,
-            rotation: float,
-            highlight: float,
-            cat_eye: float,
-            engine: str,
-            scale: float,
-        ) -> dict:
-            if photo is None:
-                return {status: gr.skip()}
-            settings = _settings(
-                focus, aperture, blades, rotation, highlight, cat_eye, engine, scale
-            )
-            start = time.perf_counter()
-            preview = render_preview(photo, settings)
-            seconds = time.perf_counter() - start
-            height, width = preview.shape[:2]
-            before = with_marker(photo.preview_rgb, None)
-            return {
-                output_image: (before, preview),
-                preview_info: f"preview {width}×{height} (physical engine) in {seconds:.2f} s; "
-                "**Render** for full resolution",
-            }
+        def previewer(draft: bool) -> Callable[..., dict]:
+            @_reported(status)
+            def on_preview(
+                photo: Photo | None,
+                focus: tuple | None,
+                aperture: float,
+                blades: float,
+                rotation: float,
+                highlight: float,
+                cat_eye: float,
+                engine: str,
+                scale: float,
+            ) -> dict:
+                if photo is None:
+                    return {status: gr.skip()}
+                settings = _settings(
+                    focus, aperture, blades, rotation, highlight, cat_eye, engine, scale
+                )
+                start = time.perf_counter()
+                preview = render_preview(photo, settings, draft=draft)
+                seconds = time.perf_counter() - start
+                height, width = preview.shape[:2]
+                kind = "draft" if draft else "preview"
+                before = with_marker(photo.draft.rgb if draft else photo.screen.rgb, None)
+                return {
+                    output_image: (before, preview),
+                    preview_info: f"{kind} {width}×{height} (physical engine) in {seconds:.2f} s;"
+                    " **Render** for full resolution",
+                }
+
+            return on_preview
 
         @_reported(status)
         def on_render(
@@ -247,10 +252,10 @@ def build_app(
             seconds = time.perf_counter() - start
             image_path, sidecar = save_result(photo, result)
             height, width = result.image.shape[:2]
-            shrink = _shrink_to(photo.preview_rgb.shape[-1])
+            shrink = _shrink_to(photo.screen.rgb.shape[-1])
             notes = "".join(f"\nnote: {w}" for w in result.warnings if "depth" not in w)
             return {
-                output_image: (with_marker(photo.preview_rgb, None), shrink(result.image)),
+                output_image: (with_marker(photo.screen.rgb, None), shrink(result.image)),
                 download: [str(image_path), str(sidecar)],
                 status: f"rendered {width}×{height} with the {result.engine} engine in "
                 f"{seconds:.1f} s (K = {settings.aperture:g}, focus disparity "
@@ -258,7 +263,7 @@ def build_app(
             }
 
         preview_args = {
-            "fn": on_preview,
+            "fn": previewer(draft=False),
             "inputs": [photo_state, focus_state, *lens],
             "outputs": [output_image, preview_info, status],
             "concurrency_id": "preview",
@@ -271,8 +276,10 @@ def build_app(
         focus_image.select(on_click, [photo_state], [focus_state, focus_image, status]).then(
             **preview_args
         )
+        draft_args = dict(preview_args, fn=previewer(draft=True))
         for control in (aperture, blades, rotation, highlight, cat_eye, scale):
-            control.input(**preview_args)
+            control.input(**draft_args)  # while dragging (and typed values): quick drafts
+            control.release(**preview_args)  # let go: the screen-size preview
         render_button.click(
             on_render,
             [photo_state, focus_state, *lens],

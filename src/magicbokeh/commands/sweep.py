@@ -9,6 +9,7 @@ settings and each frame's focus disparity and K. See :mod:`magicbokeh.sweep`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Idle compute threads sleep instead of spinning, so a long render shares the CPU well
+    # with whatever else runs (set before torch loads; an explicit setting wins).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from tqdm.auto import tqdm
 
     from magicbokeh.api import load_pipeline, select_engine
