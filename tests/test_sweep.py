@@ -167,4 +167,7 @@ def test_mp4_names_the_video_extra_when_its_encoder_is_missing(
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
     assert sweep(scene, tmp_path / "a.mp4", "--aperture-from", 0, "--aperture-to", 4) == 2
     assert 'pip install "magicbokeh[video]"' in capsys.readouterr().err
-    assert sweep(scene, tmp_path / "a.gif", "--aperture-from", 0, "--aperture-to", 4, "-q") == 0
+    assert (
+        sweep(scene, tmp_path / "a.gif", "--aperture-from", 0, "--aperture-to", 4, "--frames", 2)
+        == 0
+    )

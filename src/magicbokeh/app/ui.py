@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gradio as gr
@@ -133,20 +133,8 @@ def build_app(
                 )
             with gr.Column(scale=2):
                 with gr.Row():
-                    focus_image = gr.Image(
-                        label="Photo: click to focus",
-                        type="numpy",
-                        interactive=False,
-                        buttons=[],
-                        elem_id="focus-image",
-                    )
-                    depth_image = gr.Image(
-                        label="Disparity (bright = near)",
-                        type="numpy",
-                        interactive=False,
-                        buttons=[],
-                        elem_id="depth-image",
-                    )
+                    focus_image = _picture("Photo: click to focus", "focus-image")
+                    depth_image = _picture("Disparity (bright = near)", "depth-image")
                 output_image = gr.ImageSlider(
                     label="Before / after", type="numpy", elem_id="output-image"
                 )
@@ -196,22 +184,10 @@ def build_app(
 
         def previewer(draft: bool) -> Callable[..., dict]:
             @_reported(status)
-            def on_preview(
-                photo: Photo | None,
-                focus: tuple | None,
-                aperture: float,
-                blades: float,
-                rotation: float,
-                highlight: float,
-                cat_eye: float,
-                engine: str,
-                scale: float,
-            ) -> dict:
+            def on_preview(photo: Photo | None, focus: tuple | None, *values: object) -> dict:
                 if photo is None:
                     return {status: gr.skip()}
-                settings = _settings(
-                    focus, aperture, blades, rotation, highlight, cat_eye, engine, scale
-                )
+                settings = _settings(focus, values)
                 start = time.perf_counter()
                 preview = render_preview(photo, settings, draft=draft)
                 seconds = time.perf_counter() - start
@@ -242,7 +218,7 @@ def build_app(
             if photo is None:
                 raise MagicBokehError("open a photo first: upload one or pick the example")
             settings = _settings(
-                focus, aperture, blades, rotation, highlight, cat_eye, engine, scale
+                focus, (aperture, blades, rotation, highlight, cat_eye, engine, scale)
             )
             if settings.engine == LEARNED and unavailable:
                 raise MagicBokehError(f"the learned engine cannot run: {unavailable}")
@@ -317,17 +293,12 @@ _DISABLE_LEARNED_JS = """() => {
 }"""
 
 
-def _settings(
-    focus: tuple | None,
-    aperture: float,
-    blades: float,
-    rotation: float,
-    highlight: float,
-    cat_eye: float,
-    engine: str,
-    scale: float,
-) -> LensSettings:
-    """The lens controls' values as a render request (fewer than 3 blades = round)."""
+def _settings(focus: tuple | None, values: Sequence) -> LensSettings:
+    """The values of the ``lens`` controls as a render request (fewer than 3 blades = round).
+
+    ``values``: aperture K, blades, rotation (degrees), highlight, cat-eye, engine, scale.
+    """
+    aperture, blades, rotation, highlight, cat_eye, engine, scale = values
     return LensSettings(
         focus=None if focus is None else (float(focus[0]), float(focus[1])),
         aperture=float(aperture),
@@ -338,6 +309,11 @@ def _settings(
         engine=str(engine),
         scale=float(scale),
     )
+
+
+def _picture(label: str, elem_id: str) -> gr.Image:
+    """A displayed (not uploadable) image."""
+    return gr.Image(label=label, type="numpy", interactive=False, buttons=[], elem_id=elem_id)
 
 
 def _shrink_to(width: int) -> Callable:

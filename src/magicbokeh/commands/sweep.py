@@ -139,33 +139,37 @@ def run(args: argparse.Namespace) -> int:
         args.fps,
         overwrite=args.overwrite,
     )
-    write_sidecar(
-        args.output,
-        {
-            "kind": "animation",
-            "input": str(args.input.expanduser().resolve()),
-            "output": str(args.output.expanduser().resolve()),
-            "engine": engine,
-            "depth_source": depth.source,
-            "frames": count,
-            "fps": args.fps,
-            "duration_s": count / args.fps,
-            "ease": args.ease,
-            "focus_from": args.focus_from or args.focus,
-            "focus_to": args.focus_to or args.focus,
-            "focus_disparity": list(plan.focus_disparities),
-            "aperture_K": list(plan.apertures),
-            "aperture_shape": {
-                "blades": shape.blades,
-                "rotation_deg": shape.rotation,
-                "roundness": shape.roundness,
-                "cat_eye": shape.cat_eye,
+    try:
+        write_sidecar(
+            args.output,
+            {
+                "kind": "animation",
+                "input": str(args.input.expanduser().resolve()),
+                "output": str(args.output.expanduser().resolve()),
+                "engine": engine,
+                "depth_source": depth.source,
+                "frames": count,
+                "fps": args.fps,
+                "duration_s": count / args.fps,
+                "ease": args.ease,
+                "focus_from": args.focus_from or args.focus,
+                "focus_to": args.focus_to or args.focus,
+                "focus_disparity": list(plan.focus_disparities),
+                "aperture_K": list(plan.apertures),
+                "aperture_shape": {
+                    "blades": shape.blades,
+                    "rotation_deg": shape.rotation,
+                    "roundness": shape.roundness,
+                    "cat_eye": shape.cat_eye,
+                },
+                "highlight": highlight,
+                "input_size": [image.rgb.shape[1], image.rgb.shape[0]],
             },
-            "highlight": highlight,
-            "input_size": [image.rgb.shape[1], image.rgb.shape[0]],
-        },
-        overwrite=args.overwrite,
-    )
+            overwrite=args.overwrite,
+        )
+    except BaseException:
+        args.output.unlink(missing_ok=True)  # all outputs or none
+        raise
     if not args.quiet:
         print(f"wrote {args.output} ({count} frames at {args.fps:g} fps, {engine} engine)")
     return 0
