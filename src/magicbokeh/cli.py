@@ -44,6 +44,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "magicbokeh.train.export_command",
         "export a training checkpoint as a model folder or a released-format file",
     ),
+    "app": ("magicbokeh.commands.app", "open the web app: click to focus, drag the aperture"),
+    "sweep": (
+        "magicbokeh.commands.sweep",
+        "animate a focus pull or an aperture ramp (MP4, GIF, WebP)",
+    ),
 }
 
 
