@@ -180,6 +180,28 @@ def test_interrupted_run_resumes_without_recomputing(
     assert evaluate(data, out, *args, "--overwrite") == 0
 
 
+def test_resume_scores_again_what_was_scored_before_a_metric_became_available(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAGICBOKEH_HOME", str(tmp_path / "home"))
+    original = engines.OnePassEngine.run
+    calls: list[int] = []
+
+    def interrupted(self, items):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, items)
+
+    monkeypatch.setattr(engines.OnePassEngine, "run", interrupted)
+    args = ("--metrics", "psnr,lpips", "--batch-size", "1")
+    assert evaluate(data, tmp_path / "r", *args) == 130  # first image scored without LPIPS
+    monkeypatch.setattr(engines.OnePassEngine, "run", original)
+    install_random_lpips(tmp_path / "home")
+    assert evaluate(data, tmp_path / "r", *args) == 0
+    assert all(isinstance(i["lpips"], float) for i in report(tmp_path / "r")["images"])
+
+
 def test_degrade_on_the_fly_equals_make_ebb400lq(tmp_path: Path) -> None:
     ebb = bokeh_set(tmp_path / "ebb", n=3, size=(40, 40), ebb=True, depth=False)
     assert (

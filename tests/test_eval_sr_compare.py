@@ -207,6 +207,7 @@ def test_pyiqa_metrics_flow_into_the_report(
     assert created == ["dists", "niqe", "musiq", "maniqa-pipal", "fid"]
     result = report(out)
     assert result["means"]["fid"] == 12.5
-    assert result["means"]["musiq"].startswith("not available: pyiqa could not load musiq (OSError")
+    assert result["means"]["musiq"] == "not available: pyiqa could not load its weights"
+    assert result["unavailable_details"]["musiq"].startswith("musiq: OSError: cannot download")
     assert isinstance(result["images"][0]["dists"], float)
     assert result["images"][0]["niqe"] == result["images"][0]["maniqa"]

@@ -84,38 +84,25 @@ def _depth_files(args, pairs, allow_missing: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from magicbokeh.errors import MagicBokehError
     from magicbokeh.eval.ebb400lq import DEGRADE_SCALE, degrade_input
-    from magicbokeh.eval.engines import (
-        BOKEH_ENGINES,
-        Item,
-        OutputsEngine,
-        make_bokeh_engine,
-        output_files,
-        resize_rgb,
-    )
+    from magicbokeh.eval.engines import BOKEH_ENGINES, Item, OutputsEngine, make_bokeh_engine
     from magicbokeh.eval.layouts import find_bokeh_pairs
     from magicbokeh.eval.protocol import (
         common_checks,
-        make_scorer,
-        parse_size,
-        plan_sizes,
-        print_summary,
+        common_settings,
+        engine_options,
+        evaluate,
+        load_pair,
+        plan_run,
     )
-    from magicbokeh.eval.run import Evaluation, run_evaluation
-    from magicbokeh.eval.scoring import parse_metrics
     from magicbokeh.focus import FocusSpec
     from magicbokeh.io import load_depth, load_image, match_depth_to_image
-    from magicbokeh.runtime import resolve_device
 
-    common_checks(args)
-    parse_metrics(args.metrics)
-    size = parse_size(args.size)
+    size = common_checks(args)
     if not (args.engine in BOKEH_ENGINES or args.engine.startswith("outputs:")):
         raise MagicBokehError(f"unknown engine {args.engine!r}: use {ENGINE_HELP}")
-    if args.fit_aperture is False and not 0 <= args.aperture <= 256:
+    if not args.fit_aperture and not 0 <= args.aperture <= 256:
         raise MagicBokehError(f"--aperture K must be in 0..256, got {args.aperture:g}")
     pair_set = find_bokeh_pairs(args.data, allow_missing=args.allow_missing)
     pairs = pair_set.pairs
@@ -130,111 +117,39 @@ def run(args: argparse.Namespace) -> int:
             f"--focus masks needs focal-region masks in {args.data}/focus/; use --focus auto"
         )
     pairs = pairs[: args.limit] if args.limit else pairs
-    if not pairs:
-        raise MagicBokehError("no pairs are left to score")
-    outputs = None
-    if args.engine.startswith("outputs:"):
-        outputs, missing = output_files(args.engine.split(":", 1)[1], [p.stem for p in pairs])
-        if missing and not args.allow_missing:
-            raise MagicBokehError(
-                f"{len(missing)} pairs have no output in {args.engine[8:]} "
-                f"({', '.join(missing[:5])}); pass --allow-missing to score the others only"
-            )
-        if missing:
-            pair_set.unmatched["outputs"] = missing
-            pairs = [p for p in pairs if p.stem in outputs]
-    plan = plan_sizes(
-        pairs, scale=args.scale, size=size, resize_target=args.resize_target, outputs=outputs
-    )
-    device = resolve_device(args.device)
-    pair_set.pairs = pairs
+    outputs, label, plan, device = plan_run(args, args.engine, pair_set, pairs, size)
 
     def prepare(pair) -> Item:
-        scale, out_size = plan[pair.stem]
-        image = load_image(pair.input).rgb
-        target = load_image(pair.target).rgb
-        if size is not None:
-            target = resize_rgb(target, size, "bicubic")
-            image = resize_rgb(image, (round(size[0] / scale), round(size[1] / scale)), "bicubic")
+        image, target = load_pair(pair, plan, size)
         if args.degrade:
             image = degrade_input(image, args.seed, pair.stem)[0]
-        if target.shape[:2] != out_size:
-            target = resize_rgb(target, out_size, "bicubic")
         disparity = None
         if depth_files.get(pair.stem) is not None:
+            source = depth_files[pair.stem]
             disparity = match_depth_to_image(
-                load_depth(depth_files[pair.stem]),
-                *image.shape[:2],
-                source=str(depth_files[pair.stem]),
+                load_depth(source), *image.shape[:2], source=str(source)
             )
         spec = FocusSpec("auto")
         if focus == "masks":
             mask = load_image(pair.focus)
             selected = mask.rgb.max(axis=2)
             spec = FocusSpec("mask", mask=selected if mask.alpha is None else selected * mask.alpha)
-        return Item(
-            pair.stem,
-            np.ascontiguousarray(image),
-            out_size,
-            target,
-            disparity,
-            spec,
-            None if args.fit_aperture else args.aperture,
-        )
+        k = None if args.fit_aperture else args.aperture
+        return Item(pair.stem, image, plan[pair.stem][1], target, disparity, spec, k)
 
-    options = {"device": device, "batch_size": args.batch_size, "model": args.model}
-    options["tile_size"] = args.tile_size
     if outputs is not None:
         engine = OutputsEngine(outputs)
     else:
-        engine = make_bokeh_engine(args.engine, dtype=args.dtype, **options)
-    label = args.engine
-    if outputs is not None:
-        label = f"outputs:{Path(args.engine[8:]).expanduser().resolve().name}"
+        engine = make_bokeh_engine(args.engine, **engine_options(args, device))
+    degrade = {"seed": args.seed, "scale": DEGRADE_SCALE, "resize_back": True}
     settings = {
         "protocol": "bokeh",
-        "data": str(Path(args.data).expanduser().resolve()),
-        "layout": pair_set.layout,
-        "stems": [p.stem for p in pairs],
-        "method_label": label,
+        **common_settings(args, pair_set, label, device),
         "engine": args.engine,
-        "model": str(args.model) if args.model else None,
-        "dtype": args.dtype,
-        "tile_size": args.tile_size,
         "depth": depth_text if outputs is None else "not used (outputs are given)",
         "focus": "focal-region masks (focus/)" if focus == "masks" else "automatic",
         "aperture": None if args.fit_aperture else args.aperture,
         "fit_aperture": bool(args.fit_aperture),
-        "degrade": {
-            "seed": args.seed,
-            "scale": DEGRADE_SCALE,
-            "resize_back": True,
-        }
-        if args.degrade
-        else None,
-        "scale": args.scale or "target/input ratio",
-        "size": args.size,
-        "resize_target": bool(args.resize_target),
-        "metrics": parse_metrics(args.metrics),
-        "y_channel": False,
-        "crop_border": 0,
-        "device": str(device),
+        "degrade": degrade if args.degrade else None,
     }
-    evaluation = Evaluation(
-        "bokeh",
-        pair_set,
-        settings,
-        prepare,
-        engine,
-        lambda: make_scorer(args, device),
-        args.batch_size,
-    )
-    result = run_evaluation(
-        evaluation,
-        args.output,
-        overwrite=args.overwrite,
-        save_outputs=args.save_outputs,
-        quiet=args.quiet,
-    )
-    print_summary(result, args.output, args.quiet)
-    return 0
+    return evaluate(args, "bokeh", pair_set, settings, prepare, engine, device)

@@ -38,6 +38,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from magicbokeh.errors import MagicBokehError
+
 DEGRADE_SCALE = 4
 DEFAULT_COUNT = 400
 MANIFEST = "manifest.json"
@@ -90,21 +92,15 @@ def read_list(path: Path) -> list[str]:
     """Names from a list file: one per line, extensions and folders ignored, ``#`` comments."""
     file = path.expanduser()
     if not file.is_file():
-        raise _error(f"--list {file} does not exist")
+        raise MagicBokehError(f"--list {file} does not exist")
     names = []
     for line in file.read_text(encoding="utf-8").splitlines():
         text = line.split("#", 1)[0].strip()
         if text:
             names.append(Path(text).stem)
     if not names:
-        raise _error(f"--list {file} names no pairs")
+        raise MagicBokehError(f"--list {file} names no pairs")
     return list(dict.fromkeys(names))
-
-
-def _error(message: str):
-    from magicbokeh.errors import MagicBokehError
-
-    return MagicBokehError(message)
 
 
 def choose(stems: list[str], *, count: int, seed: int, names: list[str] | None) -> list[str]:
@@ -114,13 +110,15 @@ def choose(stems: list[str], *, count: int, seed: int, names: list[str] | None) 
     if names is not None:
         unknown = [n for n in names if n not in set(stems)]
         if unknown:
-            raise _error(
+            raise MagicBokehError(
                 f"{len(unknown)} names of the list are not EBB! pairs here (first: {unknown[0]})"
             )
         wanted = set(names)
         return [s for s in stems if s in wanted]
     if not 1 <= count <= len(stems):
-        raise _error(f"cannot draw {count} pairs from {len(stems)}: use --count 1..{len(stems)}")
+        raise MagicBokehError(
+            f"cannot draw {count} pairs from {len(stems)}: use --count 1..{len(stems)}"
+        )
     picked = set(np.random.default_rng(seed).choice(len(stems), size=count, replace=False))
     return [s for i, s in enumerate(stems) if i in picked]
 
@@ -133,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from magicbokeh.degrade import DegradationConfig
+    from magicbokeh.degrade.command import image_seed
     from magicbokeh.eval.layouts import find_bokeh_pairs
     from magicbokeh.install import staged_folder
     from magicbokeh.io.images import READ_SUFFIXES, load_image, save_image
@@ -150,16 +149,14 @@ def run(args: argparse.Namespace) -> int:
 
         folder = args.masks.expanduser()
         if not folder.is_dir():
-            raise _error(f"--masks {folder} does not exist")
+            raise MagicBokehError(f"--masks {folder} does not exist")
         found = _by_stem(folder, READ_SUFFIXES)
         lacking = [p.stem for p in selected if p.stem not in found]
         if lacking:
-            raise _error(
+            raise MagicBokehError(
                 f"{len(lacking)} chosen pairs have no mask in {folder} ({lacking[0]}, ...)"
             )
         masks = {p.stem: found[p.stem] for p in selected}
-    elif masks and len(masks) != len(selected):
-        raise _error(f"{len(selected) - len(masks)} chosen pairs have no focal-region mask")
     output = args.output.expanduser()
     records = []
     with staged_folder(output, overwrite=args.overwrite) as staging:
@@ -170,13 +167,13 @@ def run(args: argparse.Namespace) -> int:
             sources = {"original": pair.input, "bokeh": pair.target}
             copies = {"target": pair.target, "focus": masks.get(pair.stem), "depth": pair.depth}
             for kind, source in copies.items():
-                if source is not None:
-                    files[kind] = f"{kind}/{pair.stem}{source.suffix.lower()}"
-                    (staging / kind).mkdir(exist_ok=True)
-                    shutil.copyfile(source, staging / files[kind])
-                    sources[kind if kind != "target" else "bokeh"] = source
-            from magicbokeh.degrade.command import image_seed
-
+                if source is None:
+                    continue
+                files[kind] = f"{kind}/{pair.stem}{source.suffix.lower()}"
+                (staging / kind).mkdir(exist_ok=True)
+                shutil.copyfile(source, staging / files[kind])
+                if kind != "target":
+                    sources[kind] = source
             records.append(
                 {
                     "stem": pair.stem,

@@ -258,6 +258,24 @@ class _Stages:
             "aperture_fitted": item.aperture is None,
         }
 
+    def _super_resolve(self, items: Sequence[Item], method: str) -> list[dict]:
+        """Each item's input at its output size, timed as stage ``sr``: interpolation
+        (``bicubic``, ``lanczos``), or the learned engine at K = 0 (restoration only) on the
+        bicubic-upsampled input (``diffusion``)."""
+        interpolation = "bicubic" if method == "diffusion" else method
+        prepared = []
+        for item in items:
+            up, seconds = self.clock(lambda i=item: resize_rgb(i.image, i.size, interpolation))
+            prepared.append({"item": item, "image": up, "times": {"sr": seconds}, "info": {}})
+        if method == "diffusion":
+            for p in prepared:
+                p["disparity"] = np.zeros(p["image"].shape[:2], np.float32)
+                p["info"] = {"focus_disparity": 0.0, "aperture_K": 0.0}
+            self._batched(prepared, "sr", self._learned, lambda p: p["image"].shape)
+            for p in prepared:
+                p["image"], p["info"], p["disparity"] = p.pop("output"), {}, None
+        return prepared
+
     def _batched(
         self,
         prepared: list[dict],
@@ -319,22 +337,7 @@ class TwoStageEngine(_Stages):
         self.sr = sr
 
     def run(self, items: Sequence[Item]) -> list[Result]:
-        prepared = [{"item": item, "times": {}, "info": {}} for item in items]
-        if self.sr == "lanczos":
-            for p in prepared:
-                item = p["item"]
-                p["image"], p["times"]["sr"] = self.clock(
-                    lambda i=item: resize_rgb(i.image, i.size, "lanczos")
-                )
-        else:
-            for p in prepared:
-                item = p["item"]
-                p["image"] = resize_rgb(item.image, item.size, "bicubic")
-                p["disparity"] = np.zeros(item.size, np.float32)
-                p["info"] = {"focus_disparity": 0.0, "aperture_K": 0.0}
-            self._batched(prepared, "sr", self._learned, lambda p: p["image"].shape)
-            for p in prepared:
-                p["image"] = p.pop("output")
+        prepared = self._super_resolve(items, self.sr)
         for p in prepared:
             item = p["item"]
             disparity, source = self._disparity(item, p["image"], p["times"])
@@ -356,18 +359,9 @@ class SREngine(_Stages):
         self.method = method
 
     def run(self, items: Sequence[Item]) -> list[Result]:
-        method = "bicubic" if self.method == "diffusion" else self.method
-        prepared = []
-        for item in items:
-            up, seconds = self.clock(lambda i=item: resize_rgb(i.image, i.size, method))
-            prepared.append({"image": up, "times": {"sr": seconds}, "output": up, "info": {}})
-        if self.method == "diffusion":
-            for p in prepared:
-                p["disparity"] = np.zeros(p["image"].shape[:2], np.float32)
-                p["info"] = {"focus_disparity": 0.0, "aperture_K": 0.0}
-            self._batched(prepared, "sr", self._learned, lambda p: p["image"].shape)
-            for p in prepared:
-                p["info"], p["disparity"] = {}, None
+        prepared = self._super_resolve(items, self.method)
+        for p in prepared:
+            p["output"] = p["image"]
         return [_result(p) for p in prepared]
 
 

@@ -103,8 +103,11 @@ def image_size(path: Path) -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-def common_checks(args: argparse.Namespace) -> None:
-    """Options that are wrong whatever the data."""
+def common_checks(args: argparse.Namespace) -> tuple[int, int] | None:
+    """Refuse options that are wrong whatever the data; returns ``--size`` as (H, W)."""
+    from magicbokeh.eval.scoring import parse_metrics
+
+    parse_metrics(args.metrics)
     if args.limit is not None and args.limit < 1:
         raise MagicBokehError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:
@@ -115,6 +118,7 @@ def common_checks(args: argparse.Namespace) -> None:
         raise MagicBokehError(f"--scale must be in (0, 16], got {args.scale:g}")
     if args.output.exists() and not args.output.is_dir():
         raise MagicBokehError(f"-o {args.output} is a file; give a folder for the report")
+    return parse_size(args.size)
 
 
 def plan_sizes(
@@ -164,6 +168,124 @@ def plan_sizes(
             expected = got
         plan[pair.stem] = (s, expected)
     return plan
+
+
+def other_outputs(spec: str, pair_set, pairs: list, allow_missing: bool):
+    """For ``outputs:DIR``: (the files by name, the pairs that have one, the report label).
+
+    Raises:
+        MagicBokehError: ``DIR`` is missing, or some names have no file (listed) and
+            ``allow_missing`` is off; with it they are recorded in ``pair_set.unmatched``.
+    """
+    from magicbokeh.eval.engines import output_files
+
+    folder = spec.split(":", 1)[1]
+    files, missing = output_files(folder, [p.stem for p in pairs])
+    if missing and not allow_missing:
+        raise MagicBokehError(
+            f"{len(missing)} pairs have no output in {folder} ({', '.join(missing[:5])}); pass "
+            "--allow-missing to score the others only"
+        )
+    if missing:
+        pair_set.unmatched["outputs"] = missing
+    label = f"outputs:{Path(folder).expanduser().resolve().name}"
+    return files, [p for p in pairs if p.stem in files], label
+
+
+def plan_run(args: argparse.Namespace, spec: str, pair_set, pairs: list, size):
+    """Settle the pairs to score: (outputs files or None, report label, size plan, device).
+
+    ``spec`` is the engine or method; ``outputs:DIR`` drops (or, without ``--allow-missing``,
+    refuses) names without a file. Sets ``pair_set.pairs`` to the pairs that will be scored.
+    """
+    from magicbokeh.runtime import resolve_device
+
+    outputs, label = None, spec
+    if spec.startswith("outputs:"):
+        outputs, pairs, label = other_outputs(spec, pair_set, pairs, args.allow_missing)
+    if not pairs:
+        raise MagicBokehError("no pairs are left to score")
+    plan = plan_sizes(
+        pairs, scale=args.scale, size=size, resize_target=args.resize_target, outputs=outputs
+    )
+    pair_set.pairs = pairs
+    return outputs, label, plan, resolve_device(args.device)
+
+
+def engine_options(args: argparse.Namespace, device) -> dict:
+    """Keyword arguments of the engines and SR methods."""
+    return {
+        "device": device,
+        "batch_size": args.batch_size,
+        "model": args.model,
+        "dtype": args.dtype,
+        "tile_size": args.tile_size,
+    }
+
+
+def load_pair(pair, plan: dict, size: tuple[int, int] | None):
+    """A pair's input and target (``H×W×3``), with ``--size`` applied and the target brought
+    to the output size (see the module doc)."""
+    import numpy as np
+
+    from magicbokeh.eval.engines import resize_rgb
+    from magicbokeh.io import load_image
+
+    scale, out_size = plan[pair.stem]
+    image = load_image(pair.input).rgb
+    target = load_image(pair.target).rgb
+    if size is not None:
+        target = resize_rgb(target, size, "bicubic")
+        image = resize_rgb(image, (round(size[0] / scale), round(size[1] / scale)), "bicubic")
+    if target.shape[:2] != out_size:
+        target = resize_rgb(target, out_size, "bicubic")
+    return np.ascontiguousarray(image), target
+
+
+def common_settings(args: argparse.Namespace, pair_set, label: str, device) -> dict:
+    """The settings both protocols record (and compare on resume)."""
+    from magicbokeh.eval.scoring import parse_metrics
+
+    return {
+        "data": str(Path(args.data).expanduser().resolve()),
+        "layout": pair_set.layout,
+        "stems": [p.stem for p in pair_set.pairs],
+        "method_label": label,
+        "model": str(args.model) if args.model else None,
+        "dtype": args.dtype,
+        "tile_size": args.tile_size,
+        "scale": args.scale or "target/input ratio",
+        "size": args.size,
+        "resize_target": bool(args.resize_target),
+        "metrics": parse_metrics(args.metrics),
+        "y_channel": bool(getattr(args, "y_channel", False)),
+        "crop_border": getattr(args, "crop_border", 0),
+        "device": str(device),
+    }
+
+
+def evaluate(args: argparse.Namespace, protocol: str, pair_set, settings, prepare, engine, device):
+    """Run the evaluation into ``args.output`` and print its table; returns the exit code."""
+    from magicbokeh.eval.run import Evaluation, run_evaluation
+
+    evaluation = Evaluation(
+        protocol,
+        pair_set,
+        settings,
+        prepare,
+        engine,
+        lambda: make_scorer(args, device),
+        args.batch_size,
+    )
+    result = run_evaluation(
+        evaluation,
+        args.output,
+        overwrite=args.overwrite,
+        save_outputs=args.save_outputs,
+        quiet=args.quiet,
+    )
+    print_summary(result, args.output, args.quiet)
+    return 0
 
 
 def make_scorer(args: argparse.Namespace, device):

@@ -143,6 +143,7 @@ def build(evaluation, records: list[dict], set_values: dict[str, float]) -> dict
         "count": len(images),
         "metrics": list(scorer.names),
         "unavailable": missing,
+        "unavailable_details": dict(scorer.details),
         "images": images,
         "means": means,
         "stages": list(getattr(evaluation.engine, "stages", ())),

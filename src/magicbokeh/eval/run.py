@@ -146,13 +146,16 @@ def _score(scorer: Scorer, outputs: Sequence[np.ndarray], targets: Sequence[np.n
 
 
 def _note_unavailable(scorer: Scorer, quiet: bool) -> None:
+    """Say once per reason which metrics cannot be computed (with what went wrong)."""
     if scorer.unavailable and not quiet:
         by_reason: dict[str, list[str]] = {}
         for name, reason in scorer.unavailable.items():
             by_reason.setdefault(reason, []).append(name)
         for reason, names in by_reason.items():
+            details = "; ".join(scorer.details[n] for n in names if n in scorer.details)
             print(
-                f"note: {', '.join(names)} not available: {reason} (the report marks the column)",
+                f"note: {', '.join(names)} not available: {reason} (the report marks the column)"
+                + (f" [{details}]" if details else ""),
                 file=sys.stderr,
             )
 
@@ -176,6 +179,9 @@ def run_evaluation(
     done = _prepare_folder(report_dir, settings, overwrite)
     scorer = evaluation.scorer = evaluation.make_scorer()
     _note_unavailable(scorer, quiet)
+    per_image = [n for n in scorer.computed if METRICS[n].kind != "set"]
+    # images scored before a metric became available (e.g. pyiqa installed since) are redone
+    done = {stem: r for stem, r in done.items() if all(n in r for n in per_image)}
     state = report_dir / STATE_DIR
     (state / "outputs").mkdir(parents=True, exist_ok=True)
     report.write_json(state / _SETTINGS, settings)
@@ -200,7 +206,13 @@ def run_evaluation(
         if not quiet:
             print(f"warning: {warning}", file=sys.stderr)
     records = [done[p.stem] for p in evaluation.pairs.pairs]
-    set_values = scorer.score_sets(state / "outputs", state / "targets") if needs_targets else {}
+    set_values = {}
+    if needs_targets:
+        for pair in evaluation.pairs.pairs:  # targets of images scored without a set metric
+            if not (state / "targets" / f"{pair.stem}.png").is_file():
+                target = quantize(evaluation.prepare(pair).target)
+                save_image(state / "targets" / f"{pair.stem}.png", target, overwrite=True)
+        set_values = scorer.score_sets(state / "outputs", state / "targets")
     result = report.build(evaluation, records, set_values)
     gallery.finish(report_dir, state, result)
     report.write(report_dir, result)

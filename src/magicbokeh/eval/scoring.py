@@ -99,6 +99,7 @@ class Scorer:
         self.device = torch.device(device)
         self.y_channel, self.crop_border = y_channel, crop_border
         self.unavailable: dict[str, str] = {}
+        self.details: dict[str, str] = {}
         self._functions: dict[str, object] = {}
         for name in self.names:
             self._load(name, lpips_folder)
@@ -123,6 +124,8 @@ class Scorer:
             self._functions[name] = pyiqa_metrics.load(name, self.device)
         except pyiqa_metrics.MetricUnavailable as error:
             self.unavailable[name] = str(error)
+            if error.detail:
+                self.details[name] = error.detail
 
     @property
     def computed(self) -> list[str]:

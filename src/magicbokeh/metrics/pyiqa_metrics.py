@@ -27,7 +27,12 @@ INSTALL_HINT = "install magicbokeh[eval]"
 
 
 class MetricUnavailable(Exception):
-    """A metric cannot be computed here; ``str(error)`` is the reason, one short line."""
+    """A metric cannot be computed here: ``str(error)`` is the short reason a report column
+    shows, ``detail`` what went wrong (for the command line)."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,8 @@ def _import_pyiqa():
         raise MetricUnavailable(INSTALL_HINT) from None
     except Exception as error:  # e.g. a torchvision built for another torch
         raise MetricUnavailable(
-            f"pyiqa does not import ({type(error).__name__}: {_first_line(error)}); "
-            f"{INSTALL_HINT} with a matching torch/torchvision"
+            f"pyiqa does not import here; {INSTALL_HINT} with a matching torch and torchvision",
+            f"{type(error).__name__}: {_first_line(error)}",
         ) from None
     return pyiqa
 
@@ -97,8 +102,9 @@ def load(name: str, device: torch.device | str = "cpu") -> Callable:
         )
     except Exception as error:  # download, cache and model-construction errors
         raise MetricUnavailable(
-            f"pyiqa could not load {spec.pyiqa_name} ({type(error).__name__}: "
-            f"{_first_line(error)}); check the connection or pyiqa's weight cache"
+            "pyiqa could not load its weights",
+            f"{spec.pyiqa_name}: {type(error).__name__}: {_first_line(error)}; check the "
+            "connection or pyiqa's weight cache (~/.cache/torch/hub/pyiqa)",
         ) from None
     if spec.kind == "set":
 
