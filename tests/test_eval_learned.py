@@ -77,3 +77,14 @@ def test_missing_weights_name_the_fix(
     data = sr_set(tmp_path / "sr", n=1)
     assert main(["eval", "sr", "--data", str(data), "-o", str(tmp_path / "r"), "-q"]) == 2
     assert "magicbokeh download" in capsys.readouterr().err
+    args = [
+        "eval",
+        "bokeh",
+        "--data",
+        str(bokeh_set(tmp_path / "b", n=1)),
+        "-o",
+        str(tmp_path / "r"),
+    ]
+    assert main([*args, "--engine", "diffusion+physical", "--model", str(tmp_path / "no")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -80,7 +80,7 @@ def _depth_files(args, pairs, allow_missing: bool):
             f"{len(lacking)} pairs have no disparity file in {folder} ({', '.join(lacking[:5])}); "
             "pass --allow-missing to score the others only"
         )
-    return {s: f for s, f in found.items()}, f"files in {folder}", lacking
+    return found, f"files in {folder}", lacking
 
 
 def run(args: argparse.Namespace) -> int:

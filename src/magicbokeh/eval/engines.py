@@ -203,20 +203,28 @@ class _Stages:
         self.warnings: set[str] = set()
         self._pipeline = None
 
+    def _model_folder(self) -> Path:
+        """The learned model's folder (``--model`` or the installed one), checked before any
+        work; the model itself loads on first use."""
+        from magicbokeh.runtime import DIFFUSION_MODEL_DIR, installed_model
+
+        folder = self.model or installed_model(DIFFUSION_MODEL_DIR)
+        if folder is None:
+            raise MagicBokehError(
+                "the diffusion engine needs the MagicBokeh weights, which are not installed: "
+                "run `magicbokeh download` or pass --model DIR"
+            )
+        if not Path(folder).is_dir():
+            raise MagicBokehError(f"--model {folder} is not a folder; give a model folder")
+        return Path(folder)
+
     @property
     def pipeline(self):
         """The learned pipeline, loaded on first use."""
         if self._pipeline is None:
             from magicbokeh.api import load_pipeline
-            from magicbokeh.runtime import DIFFUSION_MODEL_DIR, installed_model
 
-            folder = self.model or installed_model(DIFFUSION_MODEL_DIR)
-            if folder is None:
-                raise MagicBokehError(
-                    "the diffusion engine needs the MagicBokeh weights, which are not installed: "
-                    "run `magicbokeh download` or pass --model DIR"
-                )
-            self._pipeline = load_pipeline(Path(folder), self.device, self.dtype)
+            self._pipeline = load_pipeline(self._model_folder(), self.device, self.dtype)
         return self._pipeline
 
     def _disparity(self, item: Item, image: np.ndarray, times: dict) -> tuple[np.ndarray, str]:
@@ -308,6 +316,8 @@ class OnePassEngine(_Stages):
     def __init__(self, kind: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.kind = kind
+        if kind == "diffusion":
+            self._model_folder()
 
     def run(self, items: Sequence[Item]) -> list[Result]:
         method = "lanczos" if self.kind == "physical" else "bicubic"
@@ -335,6 +345,8 @@ class TwoStageEngine(_Stages):
     def __init__(self, sr: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.sr = sr
+        if sr == "diffusion":
+            self._model_folder()
 
     def run(self, items: Sequence[Item]) -> list[Result]:
         prepared = self._super_resolve(items, self.sr)
@@ -357,6 +369,8 @@ class SREngine(_Stages):
     def __init__(self, method: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.method = method
+        if method == "diffusion":
+            self._model_folder()
 
     def run(self, items: Sequence[Item]) -> list[Result]:
         prepared = self._super_resolve(items, self.method)
