@@ -36,6 +36,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "make realistic low-quality versions of photos (Real-ESRGAN degradation)",
     ),
     "synth": ("magicbokeh.data.command", "build a synthetic bokeh training set"),
+    "eval": ("magicbokeh.eval.command", "score engines and models on benchmark protocols"),
+    "make-ebb400lq": (
+        "magicbokeh.eval.ebb400lq",
+        "build the EBB400-LQ benchmark from the EBB! dataset (seeded, with a manifest)",
+    ),
     "train": (
         "magicbokeh.train.command",
         "train MagicBokeh: SR pre-training, then alternating bokeh/SR training",

@@ -10,7 +10,11 @@ import argparse
 import importlib
 
 #: protocol name → module that registers it under that name.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "bokeh": "magicbokeh.eval.bokeh",
+    "sr": "magicbokeh.eval.sr",
+    "compare": "magicbokeh.eval.compare",
+}
 
 
 def add_subparser(commands: argparse._SubParsersAction) -> None:
