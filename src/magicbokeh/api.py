@@ -93,6 +93,7 @@ def render(
     scale: float = 1.0,
     device: str = "auto",
     model: str | Path | None = None,
+    pipeline: MagicBokehPipeline | None = None,
     dtype: str = "fp32",
     released: bool = False,
     vae_sample: bool = False,
@@ -107,8 +108,10 @@ def render(
     :class:`FocusSpec`. ``aperture``: K, the blur radius in output pixels per unit disparity
     difference (0 = no blur). ``scale``: upsample the input by this factor first.
 
-    Learned engine only: ``model`` (folder; default the installed one), ``dtype`` (fp32, bf16,
-    fp16), ``released`` (every convention of the released script: its tiling, AdaIN colour fix,
+    Learned engine only: ``model`` (folder; default the installed one), ``pipeline`` (that
+    model already loaded with :func:`load_pipeline`, to reuse across many renders; it must
+    match ``model``, ``device``, ``dtype`` and ``released``), ``dtype`` (fp32, bf16, fp16),
+    ``released`` (every convention of the released script: its tiling, AdaIN colour fix,
     8-bit depth, and for a focus mask its lower-median focus rule; depth files are used without
     renormalisation), ``vae_sample`` with ``seed`` (sample the VAE posterior as released instead
     of taking its mode).
@@ -185,7 +188,8 @@ def render(
         )
     else:
         folder = Path(model) if model is not None else installed_model(DIFFUSION_MODEL_DIR)
-        pipeline = load_pipeline(folder, torch_device, dtype, merge_lora=not released)
+        if pipeline is None:
+            pipeline = load_pipeline(folder, torch_device, dtype, merge_lora=not released)
         generator = torch.Generator(torch_device).manual_seed(seed) if vae_sample else None
         result = pipeline(
             _to_tensor(rgb).to(torch_device),

@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "synth": ("magicbokeh.data.command", "build a synthetic bokeh training set"),
     "eval": ("magicbokeh.eval.command", "score engines and models on benchmark protocols"),
+    "make-ebb400lq": (
+        "magicbokeh.eval.ebb400lq",
+        "build the EBB400-LQ benchmark from the EBB! dataset (seeded, with a manifest)",
+    ),
     "train": (
         "magicbokeh.train.command",
         "train MagicBokeh: SR pre-training, then alternating bokeh/SR training",
@@ -44,6 +48,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": (
         "magicbokeh.train.export_command",
         "export a training checkpoint as a model folder or a released-format file",
+    ),
+    "app": ("magicbokeh.commands.app", "open the web app: click to focus, drag the aperture"),
+    "sweep": (
+        "magicbokeh.commands.sweep",
+        "animate a focus pull or an aperture ramp (MP4, GIF, WebP)",
     ),
 }
 

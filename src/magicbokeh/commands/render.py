@@ -2,6 +2,8 @@
 
 Every output path is checked before any work; the image, the optional depth and defocus maps
 and the JSON sidecar are written atomically; existing files are kept unless ``--overwrite``.
+Several inputs, a folder, or an existing output folder render a batch
+(``magicbokeh render DIR_OR_FILES... -o OUT_DIR``, see :mod:`magicbokeh.batch`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from magicbokeh.focus import FocusSpec, parse_numbers
 
 if TYPE_CHECKING:
     from magicbokeh.api import RenderResult
+    from magicbokeh.pipeline import MagicBokehPipeline
 
 #: Output extensions that keep 16 bits per channel when the input had them.
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
@@ -26,11 +29,20 @@ SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
 def add_subparser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "render",
-        help="render one photo with lens bokeh",
-        description="Render a photo with realistic, controllable lens bokeh.",
+        help="render photos with lens bokeh",
+        description="Render a photo, or a batch of photos and folders, with realistic, "
+        "controllable lens bokeh.",
     )
-    p.add_argument("input", type=Path, metavar="INPUT", help="photo (JPEG, PNG, TIFF, WebP, HEIC)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output image path")
+    p.add_argument(
+        "input",
+        type=Path,
+        nargs="+",
+        metavar="INPUT",
+        help="photo (JPEG, PNG, TIFF, WebP, HEIC); several photos or folders render a batch",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="output image, or folder for a batch"
+    )
     p.add_argument("--engine", choices=("auto", "physical", "diffusion"), default="auto")
     p.add_argument("--model", type=Path, help="MagicBokeh model folder (diffusion engine)")
     p.add_argument(
@@ -100,6 +112,14 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
         metavar="FILE.npy",
         help="also save the blended float output before the colour fix (H×W×3 in [-1, 1])",
     )
+    batch = p.add_argument_group("batch (several inputs or folders, -o OUT_DIR)")
+    batch.add_argument("--recursive", action="store_true", help="also render photos in sub-folders")
+    batch.add_argument(
+        "--format",
+        choices=("keep", "png", "jpg", "tif", "webp"),
+        default="keep",
+        help="output format: keep the input's (default; HEIC becomes PNG) or convert all",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=run)
 
@@ -124,14 +144,39 @@ def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    from magicbokeh.batch import is_batch, run_batch
+
+    if is_batch(args.input, args.output):
+        return run_batch(args)
+    args.input = args.input[0]
+    check_outputs(args)
+    result = render_from_args(args, progress=not args.quiet)
+    for warning in result.warnings:
+        if not args.quiet or warning.startswith("no depth"):
+            print(f"warning: {warning}", file=sys.stderr)
+    write_outputs(args, result)
+    if not args.quiet:
+        print(
+            f"wrote {args.output} ({result.engine} engine, K={args.aperture:g}, "
+            f"focus disparity {result.focus_disparity:.3f}, depth: {result.depth_source})"
+        )
+    return 0
+
+
+def render_from_args(
+    args: argparse.Namespace,
+    *,
+    pipeline: MagicBokehPipeline | None = None,
+    progress: bool = False,
+) -> RenderResult:
+    """Render ``args.input`` with the command's options; ``pipeline``: a loaded learned one."""
     from magicbokeh.api import render
     from magicbokeh.optics import Aperture
     from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 
     chromatic = parse_numbers(args.chromatic, 3, "--chromatic") if args.chromatic else None
-    check_outputs(args)
     spec = focus_spec_from_args(args)
-    result = render(
+    return render(
         args.input,
         depth=args.depth,
         focus=spec,
@@ -149,22 +194,13 @@ def run(args: argparse.Namespace) -> int:
         scale=args.scale,
         device=args.device,
         model=args.model,
+        pipeline=pipeline,
         dtype=args.dtype,
         released=args.released,
         vae_sample=args.vae_sample,
         seed=args.seed,
-        progress=not args.quiet,
+        progress=progress,
     )
-    for warning in result.warnings:
-        if not args.quiet or warning.startswith("no depth"):
-            print(f"warning: {warning}", file=sys.stderr)
-    write_outputs(args, result)
-    if not args.quiet:
-        print(
-            f"wrote {args.output} ({result.engine} engine, K={args.aperture:g}, "
-            f"focus disparity {result.focus_disparity:.3f}, depth: {result.depth_source})"
-        )
-    return 0
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from magicbokeh.degrade.pipeline import DegradationConfig, degrade, minimum_hr_size
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io.atomic import atomic_write, ensure_writable
+from magicbokeh.io.collect import collect_images
 from magicbokeh.io.images import READ_SUFFIXES, from_tensor, load_image, save_image, to_tensor
 from magicbokeh.io.sidecar import package_versions
 
@@ -60,26 +61,9 @@ def collect_inputs(inputs: Sequence[Path]) -> list[tuple[Path, PurePosixPath]]:
 
     A file given directly is named by its file name; files found in a folder by their path
     below that folder. Folders are searched recursively for :data:`IMAGE_SUFFIXES`
-    (case-insensitive) and sorted.
+    (case-insensitive, hidden files passed over) and sorted.
     """
-    found: list[tuple[Path, PurePosixPath]] = []
-    for given in inputs:
-        path = Path(given).expanduser()
-        if path.is_dir():
-            files = sorted(
-                f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-            found += [(f, PurePosixPath(f.relative_to(path).as_posix())) for f in files]
-        elif path.is_file():
-            found.append((path, PurePosixPath(path.name)))
-        else:
-            raise MagicBokehError(f"input {path} does not exist; give image files or folders")
-    if not found:
-        raise MagicBokehError(
-            f"no images found in {', '.join(map(str, inputs))}; "
-            f"looked for {', '.join(IMAGE_SUFFIXES)}"
-        )
-    return found
+    return collect_images(inputs, recursive=True)
 
 
 def image_seed(seed: int, relative: PurePosixPath | str) -> int:

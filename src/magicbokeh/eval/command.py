@@ -11,6 +11,9 @@ import importlib
 
 #: protocol name → module that registers it under that name.
 SUBCOMMANDS: dict[str, str] = {
+    "bokeh": "magicbokeh.eval.bokeh",
+    "sr": "magicbokeh.eval.sr",
+    "compare": "magicbokeh.eval.compare",
     "depth": "magicbokeh.eval.depth_command",
 }
 
