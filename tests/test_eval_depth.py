@@ -196,16 +196,17 @@ def test_report_and_saved_predictions(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "report"
     argv = ["--dataset", "nyu", "--data", str(root), "--model", str(model_dir), "-o", str(out)]
     assert run_cli(*argv, "--save-predictions", str(predictions), "--degrade-seed", "3") == 0
-    report = json.loads((out / "depth_nyu.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert [(r["model"], r["column"]) for r in report["rows"]] == [
         ("tiny-da", "clear"),
         ("tiny-da", "degrade"),
         ("tiny-da", "average"),
     ]
     assert report["data"]["layout"] == "nyu-rgb-depth" and report["data"]["scored"] == 3
-    assert report["protocol"]["max_depth_m"] == 10.0
-    assert report["protocol"]["crop"]["name"] == "eigen" and report["data"]["input_size"] == 56
-    markdown = (out / "depth_nyu.md").read_text()
+    assert report["protocol"] == "depth" and report["dataset"] == "nyu"
+    assert report["conventions"]["max_depth_m"] == 10.0
+    assert report["conventions"]["crop"]["name"] == "eigen" and report["data"]["input_size"] == 56
+    markdown = (out / "report.md").read_text()
     assert "| tiny-da | Degrade |" in markdown and "AbsRel" in markdown
     per_image = report["models"][0]["per_image"]
     assert len(per_image) == 3
@@ -244,7 +245,7 @@ def test_models_compared_in_one_report_see_the_same_degraded_inputs(
     argv = ["--dataset", "nyu", "--data", str(root), "-o", str(out)]
     assert run_cli(*argv, "--model", model, "--model", model, "--save-predictions",
                    str(predictions)) == 0  # fmt: skip
-    report = json.loads((out / "depth_nyu.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     first, second = report["models"]
     assert (first["label"], second["label"]) == ("tiny-da", "tiny-da#2")
     assert first["per_image"] == second["per_image"]
@@ -252,7 +253,7 @@ def test_models_compared_in_one_report_see_the_same_degraded_inputs(
     assert (predictions / "tiny-da-2" / "clear" / "test" / "scene_1" / "rgb_0001.npy").is_file()
     # Another seed degrades differently.
     assert run_cli(*argv, "--model", model, "--degrade-seed", "9", "--overwrite") == 0
-    other = json.loads((out / "depth_nyu.json").read_text())["models"][0]["per_image"]
+    other = json.loads((out / "report.json").read_text())["models"][0]["per_image"]
     assert other[0]["clear"] == first["per_image"][0]["clear"]
     assert other[0]["degrade"] != first["per_image"][0]["degrade"]
 
@@ -271,13 +272,13 @@ def test_unreadable_files_and_empty_ground_truth_are_skipped_with_a_count(
     argv = ["eval", "depth", "--dataset", "nyu", "--data", str(root), "--model", str(model_dir)]
     assert cli.main([*argv, "-o", str(out), "--input-size", "56"]) == 0
     assert "skipping 1 unreadable test pairs" in capsys.readouterr().err
-    report = json.loads((out / "depth_nyu.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert report["data"]["scored"] == 1
     reasons = {item["name"]: item["reason"] for item in report["data"]["skipped"]}
     assert set(reasons) == {"test/scene_0/rgb_0000", "test/scene_0/rgb_0002"}
     assert "no valid pixels" in reasons["test/scene_0/rgb_0000"]
     assert "cannot be read" in reasons["test/scene_0/rgb_0002"]
-    assert "Skipped:" in (out / "depth_nyu.md").read_text()
+    assert "Skipped:" in (out / "report.md").read_text()
 
 
 def test_size_mismatch_is_an_error_before_any_work(

@@ -184,7 +184,7 @@ def evaluate_depth(
     return result
 
 
-def protocol_record(protocol: DepthProtocol, degrade_seed: int) -> dict:
+def conventions(protocol: DepthProtocol, degrade_seed: int) -> dict:
     """Every constant of the protocol, for the report."""
     if protocol.crop == "eigen":
         top, bottom, left, right = NYU_EIGEN_CROP
@@ -195,7 +195,6 @@ def protocol_record(protocol: DepthProtocol, degrade_seed: int) -> dict:
         crop = {"name": "garg", "benchmark_crop_hw": list(KITTI_BENCHMARK_SIZE)}
         crop.update(row_fractions=[top, bottom], column_fractions=[left, right])
     return {
-        "dataset": protocol.name,
         "min_depth_m": protocol.min_depth,
         "max_depth_m": protocol.max_depth,
         "depth_png_scale_per_m": protocol.depth_scale,
@@ -230,8 +229,9 @@ def report_json(benchmark: DepthBenchmark, *, data: dict, degrade_seed: int) -> 
             }
         )
     return {
-        "benchmark": "depth",
-        "protocol": protocol_record(benchmark.protocol, degrade_seed),
+        "protocol": "depth",
+        "dataset": benchmark.protocol.name,
+        "conventions": conventions(benchmark.protocol, degrade_seed),
         "data": {**data, "skipped": benchmark.skipped},
         "rows": rows,
         "models": models,
@@ -242,8 +242,8 @@ def report_json(benchmark: DepthBenchmark, *, data: dict, degrade_seed: int) -> 
 
 def report_markdown(report: dict) -> str:
     """The Markdown report: a table with one row per model and column, then the settings."""
-    protocol, data = report["protocol"], report["data"]
-    title = {"nyu": "NYUv2", "kitti": "KITTI"}.get(protocol["dataset"], protocol["dataset"])
+    protocol, data = report["conventions"], report["data"]
+    title = {"nyu": "NYUv2", "kitti": "KITTI"}.get(report["dataset"], report["dataset"])
     lines = [
         f"# Depth benchmark: {title}",
         "",
@@ -267,9 +267,12 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, out_dir: Path, stem: str, *, overwrite: bool) -> list[Path]:
-    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` atomically; returns the paths."""
-    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
+REPORT_FILES = ("report.json", "report.md")
+
+
+def write_report(report: dict, out_dir: Path, *, overwrite: bool) -> list[Path]:
+    """Write ``report.json`` and ``report.md`` into ``out_dir`` atomically; returns the paths."""
+    paths = [out_dir / name for name in REPORT_FILES]
     texts = [json.dumps(report, indent=2, ensure_ascii=False) + "\n", report_markdown(report)]
     for path, text in zip(paths, texts, strict=True):
         with atomic_write(path, overwrite=overwrite) as temporary:

@@ -1,7 +1,8 @@
 """``magicbokeh eval depth``: Depth Anything V2 models on NYUv2 / KITTI, clear and degraded.
 
-Writes ``REPORT_DIR/depth_<dataset>.json`` (protocol constants, one row per model and column,
-per-image values, skipped pairs, versions) and ``REPORT_DIR/depth_<dataset>.md`` (the table).
+Writes ``REPORT_DIR/report.json`` (protocol constants, one row per model and column,
+per-image values, skipped pairs, versions) and ``REPORT_DIR/report.md`` (the table); the
+default REPORT_DIR is ``reports/depth-<dataset>``.
 See :mod:`magicbokeh.eval.depth` for the protocol and :mod:`magicbokeh.eval.depth_data` for
 the accepted folder layouts.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REPORT_DIR = Path("reports")
+DEFAULT_REPORT_DIR = "reports/depth-<dataset>"
 
 
 def add_subparser(protocols: argparse._SubParsersAction) -> None:
@@ -42,9 +43,8 @@ def add_subparser(protocols: argparse._SubParsersAction) -> None:
         "-o",
         "--output",
         type=Path,
-        default=DEFAULT_REPORT_DIR,
         metavar="REPORT_DIR",
-        help=f"folder for depth_<dataset>.md/.json (default {DEFAULT_REPORT_DIR})",
+        help=f"folder for report.json and report.md (default {DEFAULT_REPORT_DIR})",
     )
     p.add_argument(
         "--degrade-seed",
@@ -86,17 +86,25 @@ def run(args: argparse.Namespace) -> int:
 
     from magicbokeh.depth.depth_anything import DepthAnythingEstimator
     from magicbokeh.errors import MagicBokehError
-    from magicbokeh.eval.depth import evaluate_depth, model_labels, report_json, write_report
+    from magicbokeh.eval.depth import (
+        REPORT_FILES,
+        evaluate_depth,
+        model_labels,
+        report_json,
+        write_report,
+    )
     from magicbokeh.eval.depth_data import PROTOCOLS, find_samples, probe_samples
     from magicbokeh.install import staged_folder
     from magicbokeh.io.atomic import ensure_writable
     from magicbokeh.runtime import resolve_device
 
     protocol = PROTOCOLS[args.dataset]
-    stem = f"depth_{protocol.name}"
-    out_dir = Path(args.output).expanduser()
-    for suffix in (".json", ".md"):
-        ensure_writable(out_dir / f"{stem}{suffix}", overwrite=args.overwrite)
+    default = DEFAULT_REPORT_DIR.replace("<dataset>", protocol.name)
+    out_dir = Path(args.output or default).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MagicBokehError(f"-o {out_dir} is a file; give a folder for the report")
+    for name in REPORT_FILES:
+        ensure_writable(out_dir / name, overwrite=args.overwrite)
     predictions = None if args.save_predictions is None else args.save_predictions.expanduser()
     if predictions is not None and predictions.exists() and not args.overwrite:
         raise MagicBokehError(
@@ -148,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         "input_size": args.input_size,
     }
     report = report_json(benchmark, data=data, degrade_seed=args.degrade_seed)
-    paths = write_report(report, out_dir, stem, overwrite=args.overwrite)
+    paths = write_report(report, out_dir, overwrite=args.overwrite)
     if not args.quiet:
         note = f", skipped {len(benchmark.skipped)}" if benchmark.skipped else ""
         print(f"scored {data['scored']} images{note}; wrote {paths[1]}", file=sys.stderr)
