@@ -21,10 +21,15 @@ def model_home() -> Path:
 
 
 def installed_model(name: str) -> Path | None:
-    """The folder of an installed model, or None when it is absent or has no ``config.json``."""
+    """The folder of an installed model, or None when it is absent.
+
+    A model is there when ``config.json`` is, in the folder or in its ``network/`` subfolder
+    (the MagicBokeh model folder layout); another subfolder's config (say ``depth/``, a depth
+    model installed on its own) does not count.
+    """
     folder = model_home() / name
-    has_config = any(folder.glob("config.json")) or any(folder.glob("*/config.json"))
-    return folder if folder.is_dir() and has_config else None
+    configs = (folder / "config.json", folder / "network" / "config.json")
+    return folder if any(config.is_file() for config in configs) else None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
