@@ -271,3 +271,29 @@ def test_resume_refuses_empty_foreign_and_different_runs(tmp_path):
         train(tmp_path / "run", steps=4, resume=True, adam_beta1=0.5)
     # Changeable settings (more steps, other logging) are accepted.
     assert train(tmp_path / "run", steps=3, resume=True, log_every=5).step == 3
+
+
+def test_two_processes_share_each_global_batch_and_only_the_main_one_writes(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    script = Path(__file__).with_name("train_toy.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    command = [str(torchrun if torchrun.is_file() else "torchrun"), "--nproc_per_node", "2"]
+    command += ["--master_port", "29517", str(script), str(tmp_path / "ddp")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    train(tmp_path / "single", batch_size=4, noise=0.0, steps=4)
+    two, one = weights(tmp_path / "ddp"), weights(tmp_path / "single")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+    run = RunFolder(tmp_path / "ddp")
+    assert [r["step"] for r in read_metrics(run.metrics_path)] == [1, 2, 3, 4]
+    state = json.loads((run.checkpoint_dir(4) / "state.json").read_text())
+    assert state["processes"] == 2 and state["streams"] == {"data": 16}

@@ -104,7 +104,8 @@ class ToyTask(TrainingTask):
         self.calls += 1
         batch = batches["data"]
         x = batch["x"].to(device)
-        noise = 0.01 * torch.randn(x.shape, generator=generator, device=device)
+        scale = self.settings.get("noise", 0.01)
+        noise = scale * torch.randn(x.shape, generator=generator, device=device)
         out = model(x + noise)
         loss = (out - batch["y"].to(device)).square().mean()
         if self.fail_at_call is not None and self.calls == self.fail_at_call:
@@ -128,3 +129,12 @@ def toy_settings(output, **overrides) -> dict:
     settings.update(sample_every=0, val_every=0)
     settings.update(overrides)
     return settings
+
+
+if __name__ == "__main__":  # run by torchrun in the multi-process test
+    import sys
+
+    from magicbokeh.train.trainer import Trainer
+
+    settings = toy_settings(sys.argv[1], batch_size=2, noise=0.0, steps=4)
+    Trainer(ToyTask(settings), settings).run()

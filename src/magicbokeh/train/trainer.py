@@ -69,6 +69,18 @@ CHANGEABLE_SETTINGS = frozenset(
     }
 )
 _VERSIONED = ("accelerate", "peft", "safetensors", "tensorboard")
+#: Record entries that are not loss terms (not averaged over processes).
+_NOT_TERMS = (
+    "step",
+    "phase",
+    "split",
+    "set",
+    "lr",
+    "grad_norm",
+    "step_s",
+    "samples_per_s",
+    "steps_in_record",
+)
 
 
 @dataclass
@@ -212,7 +224,12 @@ class Trainer:
             return Accelerator(
                 cpu=device == "cpu",
                 mixed_precision=self.settings["mixed_precision"],
-                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                # Phases train different parameters: the others get no gradient in a step.
+                kwargs_handlers=[
+                    DistributedDataParallelKwargs(
+                        find_unused_parameters=len(self.task.phase_names()) > 1
+                    )
+                ],
             )
         except ValueError as exc:
             raise MagicBokehError(
@@ -463,15 +480,15 @@ class Trainer:
                     self.on_step_end(step)
                 stop_now = self._agree(accelerator, stop.requested)
                 next_phase = cycle.phase_at(step + 1)
-                if log is not None and (
+                if (
                     step % max(1, int(s["log_every"])) == 0
                     or step == total
                     or next_phase != name
                     or stop_now
                 ):
-                    log.record(self._flush(pending, step))
-                elif log is None:
-                    pending.clear()
+                    record = self._mean_over_processes(accelerator, self._flush(pending, step))
+                    if log is not None:
+                        log.record(record)
                 if want_images and output.images is not None and log is not None:
                     log.samples(step, output.images, name)
                 if int(s["val_every"]) > 0 and step % int(s["val_every"]) == 0:
@@ -587,6 +604,16 @@ class Trainer:
             return flag
         value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+
+    @staticmethod
+    def _mean_over_processes(accelerator, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with its loss terms averaged over the processes (each saw other items)."""
+        if accelerator.num_processes == 1:
+            return record
+        keys = [k for k in record if k not in _NOT_TERMS and not k.startswith("lr_")]
+        values = torch.tensor([float(record[k]) for k in keys], device=accelerator.device)
+        values = accelerator.reduce(values, reduction="mean")
+        return {**record, **dict(zip(keys, values.tolist(), strict=True))}
 
     @staticmethod
     def _accumulate(pending, name, losses, grad_norm, elapsed, items, optimizer) -> None:
