@@ -276,6 +276,7 @@ def test_resume_refuses_empty_foreign_and_different_runs(tmp_path):
 def test_two_processes_share_each_global_batch_and_only_the_main_one_writes(tmp_path):
     import os
     import shutil
+    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -286,7 +287,11 @@ def test_two_processes_share_each_global_batch_and_only_the_main_one_writes(tmp_
     script = Path(__file__).with_name("train_toy.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
     command = [str(torchrun if torchrun.is_file() else "torchrun"), "--nproc_per_node", "2"]
-    command += ["--master_port", "29517", str(script), str(tmp_path / "ddp")]
+    with socket.socket() as probe:  # a free port for the processes' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+    command += [str(script), str(tmp_path / "ddp")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     train(tmp_path / "single", batch_size=4, noise=0.0, steps=4)
@@ -297,3 +302,16 @@ def test_two_processes_share_each_global_batch_and_only_the_main_one_writes(tmp_
     assert [r["step"] for r in read_metrics(run.metrics_path)] == [1, 2, 3, 4]
     state = json.loads((run.checkpoint_dir(4) / "state.json").read_text())
     assert state["processes"] == 2 and state["streams"] == {"data": 16}
+
+
+@pytest.mark.parametrize("task", ["sr", "bokeh"])
+def test_example_config_files_hold_valid_settings(task):
+    from pathlib import Path
+
+    from magicbokeh import cli
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "training" / f"train_{task}.yaml"
+    args = cli.build_parser("train").parse_args(["train", task, "--config", str(example)])
+    settings, given = resolve_settings(args)
+    assert settings["resolution"] == 512 and settings["mixed_precision"] == "bf16"
+    assert "output" in given and settings["lpips_weight"] == 2.0
