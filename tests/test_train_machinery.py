@@ -315,3 +315,21 @@ def test_example_config_files_hold_valid_settings(task):
     settings, given = resolve_settings(args)
     assert settings["resolution"] == 512 and settings["mixed_precision"] == "bf16"
     assert "output" in given and settings["lpips_weight"] == 2.0
+
+
+def test_a_run_that_crashed_before_its_first_checkpoint_restarts_on_resume(tmp_path):
+    def crash(step):
+        if step == 3:
+            raise RuntimeError("power cut")
+
+    kw = {"steps": 5, "checkpoint_every": 100, "validate": True, "val_every": 100}
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(tmp_path / "run", on_step_end=crash, **kw)
+    assert RunFolder(tmp_path / "run").checkpoint_steps() == []
+    assert train(tmp_path / "run", resume=True, **kw).step == 5
+    train(tmp_path / "whole", **kw)
+    assert_same(weights(tmp_path / "whole"), weights(tmp_path / "run"))
+    records = read_metrics(RunFolder(tmp_path / "run").metrics_path)
+    assert [(r["step"], r["split"]) for r in records] == [(0, "val")] + [
+        (s, "train") for s in range(1, 6)
+    ]
