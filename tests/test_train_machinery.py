@@ -333,3 +333,18 @@ def test_a_run_that_crashed_before_its_first_checkpoint_restarts_on_resume(tmp_p
     assert [(r["step"], r["split"]) for r in records] == [(0, "val")] + [
         (s, "train") for s in range(1, 6)
     ]
+
+
+def test_train_and_export_help_import_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from magicbokeh import cli\n"
+        "for name in ('train', 'export'):\n"
+        "    cli.build_parser(name)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
