@@ -291,7 +291,7 @@ def test_two_processes_share_each_global_batch_and_only_the_main_one_writes(tmp_
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
-    command += [str(script), str(tmp_path / "ddp")]
+    command += [str(script), str(tmp_path / "ddp"), "ddp"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     train(tmp_path / "single", batch_size=4, noise=0.0, steps=4)
@@ -348,3 +348,36 @@ def test_train_and_export_help_import_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_ctrl_c_from_the_terminal_with_loader_processes(tmp_path):
+    """SIGINT to the whole process group (what a terminal sends), loader workers included."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("train_toy.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run"), "interrupt"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in process.stdout:
+            if line.strip() == "step 3":
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    stderr = process.stderr.read()
+    assert code == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "stopped at step" in stderr
+    steps = RunFolder(tmp_path / "run").checkpoint_steps()
+    assert len(steps) == 1 and 3 <= steps[0] < 500

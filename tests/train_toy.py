@@ -131,10 +131,21 @@ def toy_settings(output, **overrides) -> dict:
     return settings
 
 
-if __name__ == "__main__":  # run by torchrun in the multi-process test
+if __name__ == "__main__":  # run by the multi-process and the Ctrl-C tests
     import sys
+    import time
 
     from magicbokeh.train.trainer import Trainer
 
-    settings = toy_settings(sys.argv[1], batch_size=2, noise=0.0, steps=4)
-    Trainer(ToyTask(settings), settings).run()
+    if sys.argv[2] == "ddp":
+        settings = toy_settings(sys.argv[1], batch_size=2, noise=0.0, steps=4)
+        Trainer(ToyTask(settings), settings).run()
+    else:  # slow steps with data-loading processes, reporting each step
+
+        def report(step: int) -> None:
+            print(f"step {step}", flush=True)
+            time.sleep(0.2)
+
+        settings = toy_settings(sys.argv[1], steps=500, num_workers=2, checkpoint_every=1000)
+        result = Trainer(ToyTask(settings), settings, on_step_end=report).run()
+        sys.exit(130 if result.interrupted else 0)
