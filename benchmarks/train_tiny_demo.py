@@ -6,8 +6,9 @@ stage cached in ``DIR`` so an interrupted run continues:
 1. **data**: procedurally generated "photos" (gradients, shapes, stripes, noise textures;
    anti-aliased, 64×64), split into training and held-out images; cut-out foregrounds (the
    same generator with soft elliptical mattes) and backgrounds; ``magicbokeh synth`` builds
-   ray-traced bokeh pairs from them (48×48, K in [0, 12] px per unit disparity).
-2. **base**: a tiny Stable-Diffusion-style base folder: an ``AutoencoderKL`` (factor 4) trained
+   ray-traced bokeh pairs from them (48×48, K in [0, 24] px per unit disparity, LQ degraded
+   ×2 and resized back).
+2. **base**: a tiny Stable-Diffusion-style base folder: an ``AutoencoderKL`` (factor 2) trained
    as an autoencoder on the photos, then the (pruned) UNet trained as an ε-prediction DDPM on
    the autoencoder's latents, written in the SD2.1 diffusers layout (mid block and
    cross-attention present but zero, so pruning them changes nothing).
@@ -42,8 +43,9 @@ from tiny_models import UNET as TINY_UNET  # noqa: E402
 
 PHOTO_SIZE = 64
 RESOLUTION = 48
-SCALE = 4
+SCALE = 2
 CUTOUT_SIZE = 32
+K_MAX = 24.0
 
 
 # --------------------------------------------------------------------------------- data
@@ -110,19 +112,20 @@ def make_data(root: Path, seed: int) -> None:
 
     inputs = root / "synth_inputs"
     for split, count, synth_seed in (("bokeh", 64, seed), ("val_bokeh", 16, seed + 1)):
-        settings = SynthSettings(size=RESOLUTION, rays=64, seed=synth_seed, k_max=12.0)
+        settings = SynthSettings(
+            size=RESOLUTION, rays=64, seed=synth_seed, k_max=K_MAX, scale=SCALE
+        )
         synthesize(inputs / "fg", inputs / "bg", root / split, count, settings, progress=False)
 
 
 # --------------------------------------------------------------------------------- base
 #: The test suite's tiny UNet layout (two levels, 32/64 channels) at this resolution, with
 #: SD2.1's linear attention projections.
-UNET = {**TINY_UNET, "sample_size": RESOLUTION // 4, "use_linear_projection": True}
+UNET = {**TINY_UNET, "sample_size": RESOLUTION // 2, "use_linear_projection": True}
 VAE = {
-    "block_out_channels": [16, 32, 32],
-    "norm_num_groups": 8,
-    "down_block_types": ["DownEncoderBlock2D"] * 3,
-    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [32, 64],
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
     "layers_per_block": 1,
     "latent_channels": 4,
     "sample_size": RESOLUTION,
@@ -307,9 +310,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("tiny_demo"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ae-steps", type=int, default=800)
-    parser.add_argument("--diffusion-steps", type=int, default=1500)
-    parser.add_argument("--sr-steps", type=int, default=400)
+    parser.add_argument("--ae-steps", type=int, default=600)
+    parser.add_argument("--diffusion-steps", type=int, default=1000)
+    parser.add_argument("--sr-steps", type=int, default=600)
     parser.add_argument("--bokeh-steps", type=int, default=450)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -357,7 +360,7 @@ def main() -> None:
     )
     common = ["--resolution", RESOLUTION, "--batch-size", 4, "--lpips-weight", 0]
     common += ["--num-workers", 0, "--device", "cpu", "--log-every", 10, "--val-count", 16]
-    common += ["--seed", args.seed, "--sample-every", 200, "-q"]
+    common += ["--seed", args.seed, "--sample-every", 200, "--degradation-scale", SCALE, "-q"]
     stage(
         "train sr",
         root / "sr_run" / "checkpoints" / f"step-{args.sr_steps}",
@@ -375,7 +378,11 @@ def main() -> None:
             "--steps",
             args.sr_steps,
             "--lr",
-            "5e-4",
+            "1e-3",
+            "--rank-unet",
+            8,
+            "--rank-vae",
+            8,
             "--checkpoint-every",
             200,
             "--val-every",
@@ -450,7 +457,7 @@ def main() -> None:
     bokeh = evaluate_bokeh(root, bokeh_models, masks)
     results = {"sr_psnr_db": sr, "bokeh_psnr_db": bokeh, "stage_seconds": timings}
     (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| held-out SR (64×64 crops, ×4 degradation) | PSNR dB |\n|---|---|")
+    print(f"\n| held-out SR ({RESOLUTION}² crops, ×{SCALE} degradation) | PSNR dB |\n|---|---|")
     for name, value in sr.items():
         print(f"| {name} | {value:.2f} |")
     print("\n| held-out bokeh (ray-traced GT) | PSNR dB |\n|---|---|")

@@ -284,6 +284,7 @@ class Trainer:
             stored = run.check_resume(self.task.name, self.settings, self._changeable())
         else:
             run.check_new()
+        accelerator.wait_for_everyone()  # every process has checked before the main one writes
         if accelerator.is_main_process:
             if not self.resume:
                 run.root.mkdir(parents=True, exist_ok=True)
