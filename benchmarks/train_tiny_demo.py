@@ -141,16 +141,18 @@ SCHEDULER = {
 }
 
 
-def photo_crops(folder: Path, rng: np.random.Generator, count: int) -> torch.Tensor:
-    """``count`` random RESOLUTION crops (with flips) of the photos, B×3×H×W in [−1, 1]."""
+def photo_crops(
+    folder: Path, rng: np.random.Generator, count: int, size: int = RESOLUTION
+) -> torch.Tensor:
+    """``count`` random ``size``² crops (with flips) of the photos, B×3×H×W in [−1, 1]."""
     from magicbokeh.io import load_image
 
     images = [load_image(p).rgb for p in sorted(folder.glob("*.png"))]
     crops = []
     for _ in range(count):
         image = images[int(rng.integers(len(images)))]
-        y, x = rng.integers(0, PHOTO_SIZE - RESOLUTION + 1, 2)
-        crop = image[y : y + RESOLUTION, x : x + RESOLUTION]
+        y, x = rng.integers(0, PHOTO_SIZE - size + 1, 2)
+        crop = image[y : y + size, x : x + size]
         crops.append(crop[:, ::-1] if rng.uniform() < 0.5 else crop)
     return torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy()) * 2 - 1
 
@@ -161,9 +163,9 @@ def train_autoencoder(root: Path, steps: int, seed: int):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     vae = AutoencoderKL(**VAE, scaling_factor=1.0)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     for step in range(steps):
-        batch = photo_crops(root / "photos", rng, 8)
+        batch = photo_crops(root / "photos", rng, 16, size=32)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = (recon - batch).abs().mean() + 1e-6 * posterior.kl().mean()
@@ -256,21 +258,44 @@ def run_model(net, lq: np.ndarray, defocus: np.ndarray, mask: np.ndarray | None)
     return ((out[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
 
 
-def evaluate_sr(root: Path, model_dirs: dict[str, Path], seed: int) -> dict[str, float]:
-    """Mean PSNR on held-out crops: Lanczos ×4 of the degraded LQ, and each model on it."""
-    from magicbokeh.degrade import degrade
+def held_out_crops(root: Path) -> list[np.ndarray]:
+    """The centre RESOLUTION² crops of the held-out photos (H×W×3 in [0, 1])."""
     from magicbokeh.io import load_image
 
+    offset = (PHOTO_SIZE - RESOLUTION) // 2
+    return [
+        load_image(path).rgb[offset : offset + RESOLUTION, offset : offset + RESOLUTION]
+        for path in sorted((root / "val_photos").glob("*.png"))
+    ]
+
+
+def autoencoder_psnr(root: Path) -> float:
+    """Mean PSNR of the base autoencoder's reconstruction of the held-out crops: the frozen
+    decoder bounds what the trained network can reach."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(root / "base" / "vae").eval()
+    scores = []
+    for hr in held_out_crops(root):
+        x = torch.from_numpy(hr.transpose(2, 0, 1).copy())[None] * 2 - 1
+        with torch.no_grad():
+            out = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        scores.append(psnr((out[0].permute(1, 2, 0).numpy() + 1) / 2, hr))
+    return float(np.mean(scores))
+
+
+def evaluate_sr(root: Path, model_dirs: dict[str, Path], seed: int) -> dict[str, float]:
+    """Mean PSNR on held-out crops: Lanczos upscaling of the degraded LQ, and each model on it."""
+    from magicbokeh.degrade import degrade
+
     nets = {name: network(folder) for name, folder in model_dirs.items()}
-    scores: dict[str, list[float]] = {"lanczos": [], **{name: [] for name in nets}}
-    for i, path in enumerate(sorted((root / "val_photos").glob("*.png"))):
-        offset = (PHOTO_SIZE - RESOLUTION) // 2
-        hr = load_image(path).rgb[offset : offset + RESOLUTION, offset : offset + RESOLUTION]
+    scores: dict[str, list[float]] = {"Lanczos-upscaled LQ": [], **{name: [] for name in nets}}
+    for i, hr in enumerate(held_out_crops(root)):
         hr_t = torch.from_numpy(hr.transpose(2, 0, 1).copy())[None]
         generator = torch.Generator().manual_seed(seed * 1000 + i)
         lq = degrade(hr_t, generator=generator, scale=SCALE)[0].permute(1, 2, 0).numpy()
         up = cv2.resize(lq, (RESOLUTION, RESOLUTION), interpolation=cv2.INTER_LANCZOS4).clip(0, 1)
-        scores["lanczos"].append(psnr(up, hr))
+        scores["Lanczos-upscaled LQ"].append(psnr(up, hr))
         zero = np.zeros((RESOLUTION, RESOLUTION), np.float32)
         for name, net in nets.items():
             scores[name].append(psnr(run_model(net, up, zero, None), hr))
@@ -310,10 +335,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("tiny_demo"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ae-steps", type=int, default=600)
+    parser.add_argument("--ae-steps", type=int, default=2000)
     parser.add_argument("--diffusion-steps", type=int, default=1000)
-    parser.add_argument("--sr-steps", type=int, default=600)
-    parser.add_argument("--bokeh-steps", type=int, default=450)
+    parser.add_argument("--sr-steps", type=int, default=1500)
+    parser.add_argument("--bokeh-steps", type=int, default=600)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -384,9 +409,9 @@ def main() -> None:
             "--rank-vae",
             8,
             "--checkpoint-every",
-            200,
+            500,
             "--val-every",
-            100,
+            250,
             *common,
         ),
     )
@@ -420,7 +445,7 @@ def main() -> None:
                 "--lr-sr",
                 "5e-5",
                 "--checkpoint-every",
-                150,
+                300,
                 "--val-every",
                 150,
                 *extra,
@@ -455,6 +480,7 @@ def main() -> None:
         "after train bokeh (joint)": True,
     }
     bokeh = evaluate_bokeh(root, bokeh_models, masks)
+    sr["autoencoder reconstruction of the HR (bound)"] = autoencoder_psnr(root)
     results = {"sr_psnr_db": sr, "bokeh_psnr_db": bokeh, "stage_seconds": timings}
     (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n| held-out SR ({RESOLUTION}² crops, ×{SCALE} degradation) | PSNR dB |\n|---|---|")
