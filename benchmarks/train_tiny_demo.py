@@ -324,6 +324,29 @@ def evaluate_bokeh(root: Path, model_dirs: dict[str, Path], masks: dict[str, boo
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
+def loss_summary(run: Path) -> dict:
+    """Per phase: the training loss (mean of the first and of the last fifth of its records)
+    and the validation loss (first and last record, with their steps)."""
+    from magicbokeh.train.logs import read_metrics
+    from magicbokeh.train.run_folder import RunFolder
+
+    records = read_metrics(RunFolder(run).metrics_path)
+    summary = {}
+    for phase in sorted({r["phase"] for r in records}):
+        train = [r["loss"] for r in records if r["split"] == "train" and r["phase"] == phase]
+        val = [
+            (r["step"], r["loss"]) for r in records if r["split"] == "val" and r["phase"] == phase
+        ]
+        fifth = max(1, len(train) // 5)
+        summary[phase] = {
+            "train_first_fifth": float(np.mean(train[:fifth])) if train else None,
+            "train_last_fifth": float(np.mean(train[-fifth:])) if train else None,
+            "val_first": val[0] if val else None,
+            "val_last": val[-1] if val else None,
+        }
+    return summary
+
+
 # -------------------------------------------------------------------------------- main
 def magicbokeh(*args) -> None:
     code = cli.main([str(a) for a in args])
@@ -481,7 +504,8 @@ def main() -> None:
     }
     bokeh = evaluate_bokeh(root, bokeh_models, masks)
     sr["autoencoder reconstruction of the HR (bound)"] = autoencoder_psnr(root)
-    results = {"sr_psnr_db": sr, "bokeh_psnr_db": bokeh, "stage_seconds": timings}
+    losses = {name: loss_summary(root / name) for name in exports}
+    results = {"sr_psnr_db": sr, "bokeh_psnr_db": bokeh, "losses": losses, "stage_seconds": timings}
     (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n| held-out SR ({RESOLUTION}² crops, ×{SCALE} degradation) | PSNR dB |\n|---|---|")
     for name, value in sr.items():
@@ -489,6 +513,24 @@ def main() -> None:
     print("\n| held-out bokeh (ray-traced GT) | PSNR dB |\n|---|---|")
     for name, value in bokeh.items():
         print(f"| {name} | {value:.2f} |")
+    print(
+        "\n| run | phase | train loss, first fifth | last fifth | validation loss (step: value) |"
+    )
+    print("|---|---|---|---|---|")
+    for name, phases in losses.items():
+        for phase, v in phases.items():
+            train = (
+                f"{v['train_first_fifth']:.4f} | {v['train_last_fifth']:.4f}"
+                if v["train_first_fifth"] is not None
+                else "– | –"
+            )
+            val = (
+                f"{v['val_first'][0]}: {v['val_first'][1]:.4f} → "
+                f"{v['val_last'][0]}: {v['val_last'][1]:.4f}"
+                if v["val_first"] is not None
+                else "–"
+            )
+            print(f"| {name} | {phase} | {train} | {val} |")
 
 
 if __name__ == "__main__":
