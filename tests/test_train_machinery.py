@@ -271,3 +271,113 @@ def test_resume_refuses_empty_foreign_and_different_runs(tmp_path):
         train(tmp_path / "run", steps=4, resume=True, adam_beta1=0.5)
     # Changeable settings (more steps, other logging) are accepted.
     assert train(tmp_path / "run", steps=3, resume=True, log_every=5).step == 3
+
+
+def test_two_processes_share_each_global_batch_and_only_the_main_one_writes(tmp_path):
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    script = Path(__file__).with_name("train_toy.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    command = [str(torchrun if torchrun.is_file() else "torchrun"), "--nproc_per_node", "2"]
+    with socket.socket() as probe:  # a free port for the processes' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+    command += [str(script), str(tmp_path / "ddp"), "ddp"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    train(tmp_path / "single", batch_size=4, noise=0.0, steps=4)
+    two, one = weights(tmp_path / "ddp"), weights(tmp_path / "single")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+    run = RunFolder(tmp_path / "ddp")
+    assert [r["step"] for r in read_metrics(run.metrics_path)] == [1, 2, 3, 4]
+    state = json.loads((run.checkpoint_dir(4) / "state.json").read_text())
+    assert state["processes"] == 2 and state["streams"] == {"data": 16}
+
+
+@pytest.mark.parametrize("task", ["sr", "bokeh"])
+def test_example_config_files_hold_valid_settings(task):
+    from pathlib import Path
+
+    from magicbokeh import cli
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "training" / f"train_{task}.yaml"
+    args = cli.build_parser("train").parse_args(["train", task, "--config", str(example)])
+    settings, given = resolve_settings(args)
+    assert settings["resolution"] == 512 and settings["mixed_precision"] == "bf16"
+    assert "output" in given and settings["lpips_weight"] == 2.0
+
+
+def test_a_run_that_crashed_before_its_first_checkpoint_restarts_on_resume(tmp_path):
+    def crash(step):
+        if step == 3:
+            raise RuntimeError("power cut")
+
+    kw = {"steps": 5, "checkpoint_every": 100, "validate": True, "val_every": 100}
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(tmp_path / "run", on_step_end=crash, **kw)
+    assert RunFolder(tmp_path / "run").checkpoint_steps() == []
+    assert train(tmp_path / "run", resume=True, **kw).step == 5
+    train(tmp_path / "whole", **kw)
+    assert_same(weights(tmp_path / "whole"), weights(tmp_path / "run"))
+    records = read_metrics(RunFolder(tmp_path / "run").metrics_path)
+    assert [(r["step"], r["split"]) for r in records] == [(0, "val")] + [
+        (s, "train") for s in range(1, 6)
+    ]
+
+
+def test_train_and_export_help_import_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from magicbokeh import cli\n"
+        "for name in ('train', 'export'):\n"
+        "    cli.build_parser(name)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_ctrl_c_from_the_terminal_with_loader_processes(tmp_path):
+    """SIGINT to the whole process group (what a terminal sends), loader workers included."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("train_toy.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run"), "interrupt"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in process.stdout:
+            if line.strip() == "step 3":
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    stderr = process.stderr.read()
+    assert code == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "stopped at step" in stderr
+    steps = RunFolder(tmp_path / "run").checkpoint_steps()
+    assert len(steps) == 1 and 3 <= steps[0] < 500

@@ -373,3 +373,17 @@ def test_lpips_loss_term_with_given_weights_and_a_clear_error_without(data, tmp_
     assert train_sr(data, tmp_path / "run2", *missing) == 2
     assert "magicbokeh download --lpips vgg" in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()
+
+
+def test_training_and_validation_losses_fall(data, tmp_path):
+    """A short run on four fixed photos (the longer run is benchmarks/train_tiny_demo.py)."""
+    run = tmp_path / "run"
+    args = ["--steps", "40", "--lr", "3e-3", "--val-data", data["photos"], "--val-every", "40"]
+    assert train_sr(data, run, *args, "--val-count", "2", "--checkpoint-every", "40") == 0
+    records = read_metrics(RunFolder(run).metrics_path)
+    losses = [r["loss"] for r in records if r["split"] == "train"]
+    fifth = len(losses) // 5
+    first, last = np.mean(losses[:fifth]), np.mean(losses[-fifth:])
+    assert last < 0.85 * first, (first, last)
+    validation = [r["loss"] for r in records if r["split"] == "val"]
+    assert len(validation) == 2 and validation[1] < 0.85 * validation[0], validation

@@ -104,7 +104,8 @@ class ToyTask(TrainingTask):
         self.calls += 1
         batch = batches["data"]
         x = batch["x"].to(device)
-        noise = 0.01 * torch.randn(x.shape, generator=generator, device=device)
+        scale = self.settings.get("noise", 0.01)
+        noise = scale * torch.randn(x.shape, generator=generator, device=device)
         out = model(x + noise)
         loss = (out - batch["y"].to(device)).square().mean()
         if self.fail_at_call is not None and self.calls == self.fail_at_call:
@@ -128,3 +129,23 @@ def toy_settings(output, **overrides) -> dict:
     settings.update(sample_every=0, val_every=0)
     settings.update(overrides)
     return settings
+
+
+if __name__ == "__main__":  # run by the multi-process and the Ctrl-C tests
+    import sys
+    import time
+
+    from magicbokeh.train.trainer import Trainer
+
+    if sys.argv[2] == "ddp":
+        settings = toy_settings(sys.argv[1], batch_size=2, noise=0.0, steps=4)
+        Trainer(ToyTask(settings), settings).run()
+    else:  # slow steps with data-loading processes, reporting each step
+
+        def report(step: int) -> None:
+            print(f"step {step}", flush=True)
+            time.sleep(0.2)
+
+        settings = toy_settings(sys.argv[1], steps=500, num_workers=2, checkpoint_every=1000)
+        result = Trainer(ToyTask(settings), settings, on_step_end=report).run()
+        sys.exit(130 if result.interrupted else 0)

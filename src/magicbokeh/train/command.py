@@ -1,8 +1,8 @@
 """``magicbokeh train TASK ...``: train MagicBokeh (``sr``, ``bokeh``) and other models.
 
 Each task is a module in :data:`SUBCOMMANDS` with ``add_subparser(subparsers)``; it is imported
-only when ``train`` runs, and its heavy imports wait until its ``run(args)``, which calls
-:func:`run_task`.
+only when ``train`` runs, and its heavy imports wait until the command runs
+(:func:`task_runner`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,17 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     for module in SUBCOMMANDS.values():
         importlib.import_module(module).add_subparser(tasks)
+
+
+def task_runner(target: str) -> Callable[[argparse.Namespace], int]:
+    """The ``func`` of a task's parser: :func:`run_task` with the ``"module:Class"`` task,
+    imported only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        module, name = target.split(":")
+        return run_task(args, getattr(importlib.import_module(module), name))
+
+    return run
 
 
 def run_task(args: argparse.Namespace, make_task: Callable[[dict[str, Any]], Any]) -> int:

@@ -71,7 +71,9 @@ class RunLog:
     def __init__(
         self, metrics_path: Path, tensorboard_dir: Path, samples_dir: Path, start_step: int
     ):
-        _truncate_after(metrics_path, start_step)
+        # A run resumed from step N repeats what came after N; one without a checkpoint repeats
+        # everything, the validation at step 0 included.
+        _truncate_after(metrics_path, start_step if start_step > 0 else -1)
         self.samples_dir = samples_dir
         self._handle = open(metrics_path, "ab")  # noqa: SIM115 - closed in close()
         self._metrics = ManifestAppender(self._handle, metrics_path)

@@ -131,6 +131,13 @@ class _MagicBokehTask(TrainingTask):
             raise MagicBokehError(
                 f"--resolution must be a multiple of 8 (≥ 16), not {s['resolution']}"
             )
+        from magicbokeh.degrade.pipeline import minimum_hr_size
+
+        scale = int(s["degradation_scale"])
+        if scale < 1 or int(s["resolution"]) < minimum_hr_size(scale):
+            raise MagicBokehError(
+                f"--degradation-scale {scale} needs --resolution ≥ {minimum_hr_size(max(scale, 1))}"
+            )
         if float(s["lpips_weight"]) < 0 or float(s["l2_weight"]) < 0:
             raise MagicBokehError("--lpips-weight and --l2-weight must not be negative")
         if float(s["lpips_weight"]) > 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from magicbokeh.train.command import task_runner
 from magicbokeh.train.model_options import add_model_options
 from magicbokeh.train.options import add_run_options, finish_parser
 
@@ -37,11 +38,4 @@ def add_subparser(tasks: argparse._SubParsersAction) -> None:
     add_model_options(p)
     add_run_options(p, steps=100_000, batch_size=4)
     finish_parser(p)
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from magicbokeh.train.command import run_task
-    from magicbokeh.train.model_tasks import SRTask
-
-    return run_task(args, SRTask)
+    p.set_defaults(func=task_runner("magicbokeh.train.model_tasks:SRTask"))

@@ -14,6 +14,7 @@ epoch and stay reproducible.
 
 from __future__ import annotations
 
+import signal
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ class BatchStream:
             batch_sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_single_thread,
+            worker_init_fn=_worker_init,
         )
         return iter(loader)
 
@@ -139,5 +140,8 @@ class BatchStream:
         self._iterator = None
 
 
-def _single_thread(_: int) -> None:
+def _worker_init(_: int) -> None:
+    """One thread per loader process; Ctrl-C is the training process's to handle (it stops
+    after the step), so the loaders keep serving until it shuts them down."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -48,6 +48,7 @@ from magicbokeh.train.checkpoints import (
     write_checkpoint,
 )
 from magicbokeh.train.run_folder import RunFolder, now
+from magicbokeh.train.schedule import PhaseCycle
 from magicbokeh.train.streams import BatchStream
 from magicbokeh.train.task import Phase, StepOutput, TrainingTask
 
@@ -69,6 +70,18 @@ CHANGEABLE_SETTINGS = frozenset(
     }
 )
 _VERSIONED = ("accelerate", "peft", "safetensors", "tensorboard")
+#: Record entries that are not loss terms (not averaged over processes).
+_NOT_TERMS = (
+    "step",
+    "phase",
+    "split",
+    "set",
+    "lr",
+    "grad_norm",
+    "step_s",
+    "samples_per_s",
+    "steps_in_record",
+)
 
 
 @dataclass
@@ -179,6 +192,24 @@ def load_trainable(
     return sorted(state)
 
 
+@dataclass
+class _Session:
+    """Everything one training session works with (built by :meth:`Trainer._run`)."""
+
+    accelerator: Any
+    wrapped: torch.nn.Module
+    model: torch.nn.Module
+    phases: dict[str, Phase]
+    cycle: PhaseCycle
+    optimizers: dict[str, Any]
+    schedulers: dict[str, Any]
+    streams: dict[str, BatchStream]
+    trainable: list[str]
+    start_step: int
+    last_checkpoint: Path | None
+    log: Any = None
+
+
 class Trainer:
     """Runs ``task`` with ``settings`` (see :mod:`magicbokeh.train.options`) in its run folder.
 
@@ -212,7 +243,12 @@ class Trainer:
             return Accelerator(
                 cpu=device == "cpu",
                 mixed_precision=self.settings["mixed_precision"],
-                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                # Phases train different parameters: the others get no gradient in a step.
+                kwargs_handlers=[
+                    DistributedDataParallelKwargs(
+                        find_unused_parameters=len(self.task.phase_names()) > 1
+                    )
+                ],
             )
         except ValueError as exc:
             raise MagicBokehError(
@@ -248,6 +284,7 @@ class Trainer:
             stored = run.check_resume(self.task.name, self.settings, self._changeable())
         else:
             run.check_new()
+        accelerator.wait_for_everyone()  # every process has checked before the main one writes
         if accelerator.is_main_process:
             if not self.resume:
                 run.root.mkdir(parents=True, exist_ok=True)
@@ -310,14 +347,12 @@ class Trainer:
         self._prepare_folder(accelerator)
         model = task.load_model(run.init_dir)
         phases = task.phases(model)
-        cycle = task.cycle()
         trainable = task.trainable_keys(model)
         trainable_set = set(trainable)
         for name, param in model.named_parameters():
             param.requires_grad_(name in trainable_set)
 
-        start_step, state = 0, {}
-        checkpoint = None
+        start_step, state, checkpoint = 0, {}, None
         if self.resume and run.checkpoint_steps():
             start_step, checkpoint = run.checkpoint()
             state = read_state(checkpoint)
@@ -330,10 +365,9 @@ class Trainer:
             for name, opt in optimizers.items()
         }
         prepared = accelerator.prepare(model, *optimizers.values())
-        wrapped, optimizers = prepared[0], dict(zip(optimizers, prepared[1:], strict=True))
+        optimizers = dict(zip(optimizers, prepared[1:], strict=True))
         if checkpoint is not None:
             self._load_training_state(accelerator, checkpoint, optimizers, schedulers)
-
         streams = {
             name: BatchStream(
                 spec.dataset,
@@ -347,29 +381,28 @@ class Trainer:
             )
             for name, spec in task.streams().items()
         }
-        log = None
-        if accelerator.is_main_process:
-            log = self._open_log(start_step)
+        session = _Session(
+            accelerator=accelerator,
+            wrapped=prepared[0],
+            model=model,
+            phases=phases,
+            cycle=task.cycle(),
+            optimizers=optimizers,
+            schedulers=schedulers,
+            streams=streams,
+            trainable=trainable,
+            start_step=start_step,
+            last_checkpoint=checkpoint,
+        )
         try:
-            return self._loop(
-                accelerator,
-                wrapped,
-                model,
-                phases,
-                cycle,
-                optimizers,
-                schedulers,
-                streams,
-                log,
-                start_step,
-                checkpoint,
-                trainable,
-            )
+            if accelerator.is_main_process:
+                session.log = self._open_log(start_step)
+            return self._loop(session)
         finally:
             for stream in streams.values():
                 stream.close()
-            if log is not None:
-                log.close()
+            if session.log is not None:
+                session.log.close()
 
     def _open_log(self, start_step: int):
         from magicbokeh.train.logs import RunLog
@@ -391,181 +424,145 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------ loop
-    def _loop(
-        self,
-        accelerator,
-        wrapped,
-        model,
-        phases,
-        cycle,
-        optimizers,
-        schedulers,
-        streams,
-        log,
-        start_step,
-        checkpoint,
-        trainable,
-    ) -> TrainResult:
-        s = self.settings
+    def _every(self, name: str, step: int) -> bool:
+        """Whether the ``name`` frequency setting (0 = never) falls on ``step``."""
+        every = int(self.settings[name])
+        return every > 0 and step % every == 0
+
+    def _loop(self, session: _Session) -> TrainResult:
+        s, accelerator = self.settings, session.accelerator
         total = int(s["steps"])
-        accumulation = int(s["gradient_accumulation_steps"])
-        device = accelerator.device
         main = accelerator.is_main_process
-        global_items = {
-            n: spec.batch_size * accelerator.num_processes
-            for n, spec in self.task.streams().items()
+        items_per_step = {
+            name: spec.batch_size
+            * accelerator.num_processes
+            * int(s["gradient_accumulation_steps"])
+            for name, spec in self.task.streams().items()
         }
-        last_checkpoint = checkpoint
         current: str | None = None
         pending: dict[str, Any] = {}
-        if start_step == 0 and int(s["val_every"]) > 0:
-            self._validate(accelerator, model, 0, log)
+        if session.start_step == 0 and int(s["val_every"]) > 0:
+            self._validate(session, 0)
         progress = None
         if main and not s["quiet"]:
             from tqdm import tqdm
 
-            progress = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True)
+            progress = tqdm(
+                total=total, initial=session.start_step, unit="step", dynamic_ncols=True
+            )
         stop = StopRequest()
-        step = start_step
+        step, stopped = session.start_step, False
         with stop.installed():
-            for step in range(start_step + 1, total + 1):
-                name = cycle.phase_at(step)
-                phase = phases[name]
+            for step in range(session.start_step + 1, total + 1):
+                name = session.cycle.phase_at(step)
+                phase = session.phases[name]
                 if name != current:
-                    self.task.enter_phase(model, phase)
+                    self.task.enter_phase(session.model, phase)
                     current = name
                 started = time.perf_counter()
-                want_images = (
-                    main and int(s["sample_every"]) > 0 and step % int(s["sample_every"]) == 0
-                )
-                output, losses = self._micro_batches(
-                    accelerator,
-                    wrapped,
-                    name,
-                    phase,
-                    streams,
-                    step,
-                    accumulation,
-                    device,
-                    want_images,
-                    last_checkpoint,
-                )
-                grad_norm = self._update(
-                    accelerator, phase, optimizers[name], step, name, last_checkpoint
-                )
-                if not accelerator.optimizer_step_was_skipped:
-                    schedulers[name].step()
-                optimizers[name].zero_grad(set_to_none=True)
+                want_images = main and self._every("sample_every", step)
+                output, losses = self._micro_batches(session, name, step, want_images)
+                grad_norm = self._update(session, name, step)
+                items = sum(items_per_step[n] for n in phase.streams)
                 elapsed = time.perf_counter() - started
-                items = sum(global_items[n] for n in phase.streams) * accumulation
-                self._accumulate(pending, name, losses, grad_norm, elapsed, items, optimizers[name])
+                optimizer = session.optimizers[name]
+                self._accumulate(pending, name, losses, grad_norm, elapsed, items, optimizer)
                 if self.on_step_end is not None:
                     self.on_step_end(step)
                 stop_now = self._agree(accelerator, stop.requested)
-                next_phase = cycle.phase_at(step + 1)
-                if log is not None and (
-                    step % max(1, int(s["log_every"])) == 0
+                if (
+                    self._every("log_every", step)
                     or step == total
-                    or next_phase != name
+                    or session.cycle.phase_at(step + 1) != name
                     or stop_now
                 ):
-                    log.record(self._flush(pending, step))
-                elif log is None:
-                    pending.clear()
-                if want_images and output.images is not None and log is not None:
-                    log.samples(step, output.images, name)
-                if int(s["val_every"]) > 0 and step % int(s["val_every"]) == 0:
-                    self._validate(accelerator, model, step, log)
-                    self.task.enter_phase(model, phase)
-                every = int(s["checkpoint_every"])
-                if (every > 0 and step % every == 0) or step == total or stop_now:
-                    last_checkpoint = self._save(
-                        accelerator, model, optimizers, schedulers, streams, step, name, trainable
-                    )
+                    record = self._mean_over_processes(accelerator, self._flush(pending, step))
+                    if session.log is not None:
+                        session.log.record(record)
+                if want_images and output.images is not None and session.log is not None:
+                    session.log.samples(step, output.images, name)
+                if self._every("val_every", step):
+                    self._validate(session, step)
+                    self.task.enter_phase(session.model, phase)
+                if self._every("checkpoint_every", step) or step == total or stop_now:
+                    session.last_checkpoint = self._save(session, step, name)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(phase=name, loss=f"{float(losses['loss']):.4f}")
                 if stop_now:
-                    if progress is not None:
-                        progress.close()
-                    if main:
-                        print(
-                            f"stopped at step {step}: wrote {last_checkpoint}; continue with "
-                            "the same command and --resume",
-                            file=sys.stderr,
-                        )
-                    return TrainResult(
-                        run=self.run_folder.root,
-                        step=step,
-                        checkpoint=last_checkpoint,
-                        interrupted=True,
-                    )
+                    stopped = step < total
+                    break
         if progress is not None:
             progress.close()
+        if stopped and main:
+            print(
+                f"stopped at step {step}: wrote {session.last_checkpoint}; continue with the "
+                "same command and --resume",
+                file=sys.stderr,
+            )
         return TrainResult(
-            run=self.run_folder.root, step=step, checkpoint=last_checkpoint, interrupted=False
+            run=self.run_folder.root,
+            step=step,
+            checkpoint=session.last_checkpoint,
+            interrupted=stopped,
         )
 
     def _micro_batches(
-        self,
-        accelerator,
-        wrapped,
-        name,
-        phase,
-        streams,
-        step,
-        accumulation,
-        device,
-        want_images,
-        last_checkpoint,
+        self, session: _Session, name: str, step: int, want_images: bool
     ) -> tuple[StepOutput, dict[str, torch.Tensor]]:
+        """Forward and backward of the step's micro-batches; returns the first output and the
+        mean loss terms."""
+        accelerator = session.accelerator
+        accumulation = int(self.settings["gradient_accumulation_steps"])
+        phase = session.phases[name]
         sums: dict[str, torch.Tensor] = {}
         output = None
         for micro in range(accumulation):
-            batches = {stream: streams[stream].next() for stream in phase.streams}
-            generator = torch.Generator(device=device).manual_seed(
+            batches = {stream: session.streams[stream].next() for stream in phase.streams}
+            generator = torch.Generator(device=accelerator.device).manual_seed(
                 step_seed(int(self.settings["seed"]), step, micro, accelerator.process_index)
             )
             sync = micro == accumulation - 1
-            context = contextlib.nullcontext() if sync else accelerator.no_sync(wrapped)
+            context = contextlib.nullcontext() if sync else accelerator.no_sync(session.wrapped)
             with context:
                 with accelerator.autocast():
                     result = self.task.step(
-                        wrapped,
+                        session.wrapped,
                         name,
                         batches,
-                        device=device,
+                        device=accelerator.device,
                         generator=generator,
                         images=want_images and micro == 0,
                     )
                 finite = bool(torch.isfinite(result.loss.detach()).all())
-                if not self._agree(accelerator, not finite):
-                    accelerator.backward(result.loss / accumulation)
-                else:
-                    self._non_finite(
-                        step, name, "loss", float(result.loss.detach()), last_checkpoint
-                    )
+                if self._agree(accelerator, not finite):
+                    value = float(result.loss.detach())
+                    self._non_finite(step, name, "loss", value, session.last_checkpoint)
+                accelerator.backward(result.loss / accumulation)
             if micro == 0:
                 output = result
-            terms = {
-                "loss": result.loss.detach().float(),
-                **{k: v.detach().float() for k, v in result.terms.items()},
-            }
+            terms = {"loss": result.loss, **result.terms}
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0) + value / accumulation
+                sums[key] = sums.get(key, 0) + value.detach().float() / accumulation
         assert output is not None
         return output, sums
 
-    def _update(self, accelerator, phase, optimizer, step, name, last_checkpoint) -> float | None:
+    def _update(self, session: _Session, name: str, step: int) -> float | None:
+        """Clip, step the phase's optimizer and schedule, clear gradients; the gradient norm."""
+        accelerator = session.accelerator
+        optimizer = session.optimizers[name]
         grad_norm = None
         limit = float(self.settings["max_grad_norm"])
         if limit > 0:
-            params = [p for _, p in phase.named_parameters()]
+            params = [p for _, p in session.phases[name].named_parameters()]
             grad_norm = float(accelerator.clip_grad_norm_(params, limit))
             fp16 = self.settings["mixed_precision"] == "fp16"
             if not np.isfinite(grad_norm) and not fp16:
-                self._non_finite(step, name, "gradient norm", grad_norm, last_checkpoint)
+                self._non_finite(step, name, "gradient norm", grad_norm, session.last_checkpoint)
         optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            session.schedulers[name].step()
+        optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
     def _non_finite(self, step, name, what, value, last_checkpoint) -> None:
@@ -587,6 +584,16 @@ class Trainer:
             return flag
         value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(value, reduction="sum").item() > 0)
+
+    @staticmethod
+    def _mean_over_processes(accelerator, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with its loss terms averaged over the processes (each saw other items)."""
+        if accelerator.num_processes == 1:
+            return record
+        keys = [k for k in record if k not in _NOT_TERMS and not k.startswith("lr_")]
+        values = torch.tensor([float(record[k]) for k in keys], device=accelerator.device)
+        values = accelerator.reduce(values, reduction="mean")
+        return {**record, **dict(zip(keys, values.tolist(), strict=True))}
 
     @staticmethod
     def _accumulate(pending, name, losses, grad_norm, elapsed, items, optimizer) -> None:
@@ -623,10 +630,12 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------------- validation
-    def _validate(self, accelerator, model, step: int, log) -> None:
+    def _validate(self, session: _Session, step: int) -> None:
+        """Mean loss terms of the first ``val_count`` items of each validation set."""
         sets = self.task.validation_sets()
         if not sets:
             return
+        accelerator, model = session.accelerator, session.model
         count = int(self.settings["val_count"])
         batch_size = int(self.settings["batch_size"])
         rank, world = accelerator.process_index, accelerator.num_processes
@@ -640,8 +649,7 @@ class Trainer:
             with torch.no_grad():
                 for start in range(0, len(indices), batch_size):
                     chunk = indices[start : start + batch_size]
-                    items = [val.dataset[i] for i in chunk]
-                    batch = torch.utils.data.default_collate(items)
+                    batch = torch.utils.data.default_collate([val.dataset[i] for i in chunk])
                     generator = torch.Generator(device=accelerator.device).manual_seed(
                         step_seed(int(self.settings["seed"]), 2**31 - 1, chunk[0])
                     )
@@ -654,8 +662,7 @@ class Trainer:
                             generator=generator,
                             images=False,
                         )
-                    terms = {"loss": result.loss, **result.terms}
-                    for key, value in terms.items():
+                    for key, value in {"loss": result.loss, **result.terms}.items():
                         sums[key] = sums.get(key, 0) + value.detach().float() * len(chunk)
                     seen += len(chunk)
             keys = sorted(sums)
@@ -664,30 +671,31 @@ class Trainer:
                 stacked = accelerator.reduce(stacked, reduction="sum")
                 sums = dict(zip(keys, stacked[:-1], strict=True))
                 seen = stacked[-1]
-            if log is not None and float(seen) > 0:
+            if session.log is not None and float(seen) > 0:
                 record = {"step": step, "phase": val.phase, "split": "val", "set": set_name}
                 record.update({k: float(sums[k] / seen) for k in keys})
-                log.record(record)
+                session.log.record(record)
 
     # ------------------------------------------------------------------------ checkpoints
-    def _save(self, accelerator, model, optimizers, schedulers, streams, step, name, trainable):
+    def _save(self, session: _Session, step: int, name: str) -> Path:
+        """Write checkpoint ``step`` (main process) after gathering every process's RNG state."""
         from accelerate.utils import gather_object
 
+        accelerator = session.accelerator
         rng = gather_object([_rng_state()])
         if not accelerator.is_main_process:
             accelerator.wait_for_everyone()
             return self.run_folder.checkpoint_dir(step)
-        own = model.state_dict()
+        own = session.model.state_dict()
         tensors = {
-            key: own[key]
-            .detach()
-            .to("cpu", torch.float32 if own[key].is_floating_point() else own[key].dtype)
-            .contiguous()
-            for key in trainable
+            key: own[key].detach().to("cpu", torch.float32).contiguous()
+            if own[key].is_floating_point()
+            else own[key].detach().cpu().contiguous()
+            for key in session.trainable
         }
         training = {
-            "optimizers": {n: opt.state_dict() for n, opt in optimizers.items()},
-            "schedulers": {n: sch.state_dict() for n, sch in schedulers.items()},
+            "optimizers": {n: opt.state_dict() for n, opt in session.optimizers.items()},
+            "schedulers": {n: sch.state_dict() for n, sch in session.schedulers.items()},
         }
         if accelerator.scaler is not None:
             training["scaler"] = accelerator.scaler.state_dict()
@@ -698,7 +706,7 @@ class Trainer:
         }
         state = {
             "phase": name,
-            "streams": {n: stream.position for n, stream in streams.items()},
+            "streams": {n: stream.position for n, stream in session.streams.items()},
             "processes": accelerator.num_processes,
             "time": now(),
         }
