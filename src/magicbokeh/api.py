@@ -16,6 +16,7 @@ import torch
 
 from magicbokeh.depth.resolve import resolve_depth
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import LEARNED_ENGINE, install_hint, missing, require
 from magicbokeh.focus import (
     LEARNED_K_MAX,
     FocusSpec,
@@ -63,9 +64,15 @@ class RenderResult:
 
 
 def select_engine(engine: str, model: str | Path | None = None) -> tuple[str, str | None]:
-    """The engine to run and, for ``auto``, a note saying which was picked and why."""
+    """The engine to run and, for ``auto``, a note saying which was picked and why.
+
+    ``diffusion`` needs the ``diffusion`` extra and the weights (checked here, before any
+    work); ``auto`` takes the learned engine only when both are there.
+    """
     if engine not in ENGINES:
         raise MagicBokehError(f"unknown engine {engine!r}: use auto, physical or diffusion")
+    if engine == "diffusion":
+        require("diffusion", "the learned engine (--engine diffusion)", LEARNED_ENGINE)
     available = model is not None or installed_model(DIFFUSION_MODEL_DIR) is not None
     if engine == "diffusion" and not available:
         raise MagicBokehError(
@@ -73,9 +80,15 @@ def select_engine(engine: str, model: str | Path | None = None) -> tuple[str, st
             "run `magicbokeh download`, pass --model DIR, or use --engine physical"
         )
     if engine == "auto":
-        if available:
-            return "diffusion", "engine: diffusion (MagicBokeh weights found)"
-        return "physical", "engine: physical (no MagicBokeh weights installed)"
+        if not available:
+            return "physical", "engine: physical (no MagicBokeh weights installed)"
+        absent = missing("diffusion", LEARNED_ENGINE)
+        if absent is not None:
+            return "physical", (
+                f"engine: physical (the learned engine needs the optional package '{absent}': "
+                f"{install_hint('diffusion')})"
+            )
+        return "diffusion", "engine: diffusion (MagicBokeh weights found)"
     return engine, None
 
 

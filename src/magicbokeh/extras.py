@@ -10,7 +10,7 @@ import importlib
 
 from magicbokeh.errors import MagicBokehError
 
-__all__ = ["EXTRAS", "MissingExtra", "install_hint", "require"]
+__all__ = ["EXTRAS", "LEARNED_ENGINE", "MissingExtra", "install_hint", "missing", "require"]
 
 #: extra → the import names it provides (what ``pip install "magicbokeh[extra]"`` brings).
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -29,6 +29,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "exr": ("OpenEXR",),
 }
 
+#: What the learned engine imports to run (a subset of the ``diffusion`` extra).
+LEARNED_ENGINE = ("diffusers", "peft", "safetensors")
+
 
 class MissingExtra(MagicBokehError):
     """An optional package is not installed; the message names the extra to install."""
@@ -39,17 +42,23 @@ def install_hint(extra: str) -> str:
     return f'pip install "magicbokeh[{extra}]"'
 
 
-def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
-    """Raise :class:`MissingExtra` unless every module of ``extra`` (or ``modules``) imports.
-
-    ``what`` names the feature for the message, e.g. ``"the learned engine"``.
-    """
+def missing(extra: str, modules: tuple[str, ...] | None = None) -> str | None:
+    """The first module of ``extra`` (or of ``modules``) that does not import, else None."""
     if extra not in EXTRAS:
         raise KeyError(f"unknown extra {extra!r}")
     for name in modules if modules is not None else EXTRAS[extra]:
         try:
             importlib.import_module(name)
         except ImportError:
-            raise MissingExtra(
-                f"{what} needs the optional package '{name}': {install_hint(extra)}"
-            ) from None
+            return name
+    return None
+
+
+def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
+    """Raise :class:`MissingExtra` unless every module of ``extra`` (or ``modules``) imports.
+
+    ``what`` names the feature for the message, e.g. ``"the learned engine"``.
+    """
+    name = missing(extra, modules)
+    if name is not None:
+        raise MissingExtra(f"{what} needs the optional package '{name}': {install_hint(extra)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def add_subparser(commands: argparse._SubParsersAction) -> None:
-    from magicbokeh.install import DEFAULT_BASE_REPO, DEFAULT_RELEASE_REPO
+    from magicbokeh.install import DEFAULT_BASE_REPO, DEFAULT_RELEASE_REPO  # light: no torch
 
     p = commands.add_parser(
         "download",
@@ -33,6 +33,9 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from magicbokeh.extras import require
+
+    require("diffusion", "magicbokeh download")
     from magicbokeh.api import DTYPES
     from magicbokeh.install import install
     from magicbokeh.runtime import model_home

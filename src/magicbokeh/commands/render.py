@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from magicbokeh.errors import MagicBokehError
-from magicbokeh.focus import FocusSpec, parse_numbers
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported in the functions that use them: `render --help` stays light
+    import numpy as np
+
     from magicbokeh.api import RenderResult
+    from magicbokeh.focus import FocusSpec
 
 #: Output extensions that keep 16 bits per channel when the input had them.
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
@@ -106,6 +106,8 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
 
 def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
     """The focus spec named by the mutually exclusive ``--focus*`` options."""
+    from magicbokeh.focus import FocusSpec, parse_numbers
+
     if args.focus_box:
         return FocusSpec("box", box=parse_numbers(args.focus_box, 4, "--focus-box"))
     if args.focus_mask:
@@ -125,6 +127,7 @@ def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
 
 def run(args: argparse.Namespace) -> int:
     from magicbokeh.api import render
+    from magicbokeh.focus import parse_numbers
     from magicbokeh.optics import Aperture
     from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 
@@ -215,6 +218,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     inputs = [args.input, args.focus_mask]
     if args.depth not in ("auto", "embedded", "heuristic"):
         inputs.append(Path(args.depth))
+        if Path(args.depth).suffix.lower() == ".exr":
+            from magicbokeh.io.depth_files import _openexr
+
+            _openexr()
     for path in inputs:
         if path is not None and path.expanduser().resolve() in resolved:
             raise MagicBokehError(f"an output would replace the input {path}: choose another path")
@@ -224,6 +231,8 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def write_outputs(args: argparse.Namespace, result: RenderResult) -> None:
     """Write the image, the optional maps and the sidecar: all of them, or none."""
+    import numpy as np
+
     from magicbokeh.io import atomic_write, save_depth, save_image, write_sidecar
 
     bit_depth = (
@@ -273,6 +282,8 @@ def _absolute(path: Path | None) -> str | None:
 
 def _save_defocus(path: Path, radius: np.ndarray, aperture: float, overwrite: bool) -> Path:
     """Radius in pixels for float formats; ``|d − d_f|`` (= radius / K) for 16-bit PNG."""
+    import numpy as np
+
     from magicbokeh.io import save_depth
 
     if path.suffix.lower() == ".png":

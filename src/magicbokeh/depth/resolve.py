@@ -25,6 +25,7 @@ import torch
 
 from magicbokeh.depth.heuristic import heuristic_disparity
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import require
 from magicbokeh.io import load_depth, match_depth_to_image, read_embedded_depth
 from magicbokeh.runtime import DEPTH_MODEL_DIRS, installed_model
 
@@ -120,6 +121,7 @@ def _learned(rgb: np.ndarray, device: torch.device | None) -> ResolvedDepth | No
         folder = installed_model(name)
         if folder is None:
             continue
+        require("diffusion", f"the installed depth model ({folder})", ("transformers",))
         from magicbokeh.depth.depth_anything import DepthAnythingEstimator
 
         estimator = DepthAnythingEstimator.from_pretrained(folder, device=device)

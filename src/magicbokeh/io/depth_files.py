@@ -37,6 +37,7 @@ import numpy as np
 import tifffile
 
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import require
 from magicbokeh.io.atomic import atomic_write
 
 __all__ = [
@@ -195,13 +196,9 @@ def _read_tiff(file: Path) -> np.ndarray:
 
 def _openexr() -> ModuleType:
     """The optional OpenEXR module, or an error that says how to install it."""
-    try:
-        import OpenEXR
-    except ImportError:
-        raise MagicBokehError(
-            "EXR depth files need the OpenEXR package; install it with "
-            "`pip install magicbokeh[exr]` or use .npy/.tif/.pfm"
-        ) from None
+    require("exr", "EXR depth files (or use .npy/.tif/.pfm)")
+    import OpenEXR
+
     return OpenEXR
 
 

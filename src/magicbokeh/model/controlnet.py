@@ -17,9 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.controlnets.controlnet import ControlNetModel
-from diffusers.models.modeling_utils import ModelMixin
+
+from magicbokeh.extras import LEARNED_ENGINE, require
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.controlnets.controlnet import ControlNetModel
+    from diffusers.models.modeling_utils import ModelMixin
+except ImportError:  # the optional diffusion extra is missing: say so in one line
+    require("diffusion", "the learned engine", LEARNED_ENGINE)
+    raise
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.model.unet import MagicBokehUNet, prune_cross_attention, time_embedding

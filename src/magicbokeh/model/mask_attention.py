@@ -18,8 +18,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
 from torch import nn
+
+from magicbokeh.extras import LEARNED_ENGINE, require
+
+try:
+    from diffusers.models.attention_processor import Attention
+except ImportError:  # the optional diffusion extra is missing: say so in one line
+    require("diffusion", "the learned engine", LEARNED_ENGINE)
+    raise
 
 from magicbokeh.errors import MagicBokehError
 
