@@ -12,17 +12,18 @@ from magicbokeh.errors import MagicBokehError
 
 __all__ = ["EXTRAS", "LEARNED_ENGINE", "MissingExtra", "install_hint", "missing", "require"]
 
-#: extra → the import names it provides (what ``pip install "magicbokeh[extra]"`` brings).
+#: extra → the import names it provides (what ``pip install "magicbokeh[extra]"`` brings),
+#: dependencies before their dependents, so a check names the package that is really missing.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "diffusion": (
+        "safetensors",
+        "huggingface_hub",
+        "accelerate",
         "diffusers",
         "transformers",
         "peft",
-        "safetensors",
-        "accelerate",
-        "huggingface_hub",
     ),
-    "train": ("diffusers", "transformers", "peft", "safetensors", "accelerate", "tensorboard"),
+    "train": ("safetensors", "accelerate", "diffusers", "transformers", "peft", "tensorboard"),
     "eval": ("pyiqa",),
     "app": ("gradio",),
     "video": ("imageio", "imageio_ffmpeg"),
@@ -30,7 +31,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 #: What the learned engine imports to run (a subset of the ``diffusion`` extra).
-LEARNED_ENGINE = ("diffusers", "peft", "safetensors")
+LEARNED_ENGINE = ("safetensors", "diffusers", "peft")
 
 
 class MissingExtra(MagicBokehError):
@@ -43,14 +44,17 @@ def install_hint(extra: str) -> str:
 
 
 def missing(extra: str, modules: tuple[str, ...] | None = None) -> str | None:
-    """The first module of ``extra`` (or of ``modules``) that does not import, else None."""
+    """The first module of ``extra`` (or of ``modules``) that does not import, else None.
+
+    When a module fails because a package it needs is missing, that package is named.
+    """
     if extra not in EXTRAS:
         raise KeyError(f"unknown extra {extra!r}")
     for name in modules if modules is not None else EXTRAS[extra]:
         try:
             importlib.import_module(name)
-        except ImportError:
-            return name
+        except ImportError as error:
+            return (error.name or name).split(".")[0]
     return None
 
 

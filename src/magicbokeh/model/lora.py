@@ -19,8 +19,8 @@ from magicbokeh.extras import LEARNED_ENGINE, require
 try:
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.tuners_utils import BaseTunerLayer
-except ImportError:  # the optional diffusion extra is missing: say so in one line
-    require("diffusion", "the learned engine", LEARNED_ENGINE)
+except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in RuntimeError
+    require("diffusion", "the learned engine", LEARNED_ENGINE)  # one line naming the extra
     raise
 
 from magicbokeh.errors import MagicBokehError

@@ -37,8 +37,8 @@ try:
     from peft.tuners.tuners_utils import BaseTunerLayer
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
-except ImportError:  # the optional diffusion extra is missing: say so in one line
-    require("diffusion", "the learned engine", LEARNED_ENGINE)
+except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in RuntimeError
+    require("diffusion", "the learned engine", LEARNED_ENGINE)  # one line naming the extra
     raise
 
 from magicbokeh.errors import MagicBokehError

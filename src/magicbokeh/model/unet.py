@@ -27,8 +27,8 @@ try:
     from diffusers.configuration_utils import ConfigMixin, register_to_config
     from diffusers.models.attention import BasicTransformerBlock
     from diffusers.models.modeling_utils import ModelMixin
-except ImportError:  # the optional diffusion extra is missing: say so in one line
-    require("diffusion", "the learned engine", LEARNED_ENGINE)
+except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in RuntimeError
+    require("diffusion", "the learned engine", LEARNED_ENGINE)  # one line naming the extra
     raise
 
 from magicbokeh.errors import MagicBokehError
