@@ -25,7 +25,7 @@ from magicbokeh.focus import (
     resize_mask,
     resolve_focus,
 )
-from magicbokeh.io import LoadedImage, load_image
+from magicbokeh.io import LoadedImage, load_image, to_tensor
 from magicbokeh.optics import Aperture, render_physical
 from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 from magicbokeh.runtime import DIFFUSION_MODEL_DIR, installed_model, resolve_device
@@ -177,8 +177,8 @@ def render(
     if engine_name == "physical":
         shape = aperture_shape or Aperture()
         output = render_physical(
-            _to_tensor(rgb).to(torch_device),
-            _to_tensor(disparity).to(torch_device),
+            to_tensor(rgb).to(torch_device),
+            _plane(disparity).to(torch_device),
             d_f,
             aperture,
             aperture_shape=shape,
@@ -201,8 +201,8 @@ def render(
         pipeline = load_pipeline(folder, torch_device, dtype, merge_lora=not released)
         generator = torch.Generator(torch_device).manual_seed(seed) if vae_sample else None
         result = pipeline(
-            _to_tensor(rgb).to(torch_device),
-            _to_tensor(disparity).to(torch_device),
+            to_tensor(rgb).to(torch_device),
+            _plane(disparity).to(torch_device),
             d_f,
             aperture,
             mode="released" if released else "fast",
@@ -315,11 +315,9 @@ def _rescaled(
     return resize(loaded.rgb, method), alpha, resize(disparity, cv2.INTER_LINEAR)
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    """``H×W`` or ``H×W×C`` → ``1×C×H×W`` float32."""
-    if array.ndim == 2:
-        array = array[..., None]
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)[None]
+def _plane(array: np.ndarray) -> torch.Tensor:
+    """``H×W`` array → ``1×1×H×W`` float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
 
 
 __all__ = ["RenderResult", "render", "select_engine", "FocusSpec"]

@@ -33,6 +33,7 @@ import numpy as np
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io.atomic import atomic_write
+from magicbokeh.io.depth_files import encode_disparity as encode_disparity  # 16-bit PNG
 
 try:
     import fcntl
@@ -68,11 +69,6 @@ def encode_rgb(rgb: np.ndarray) -> bytes:
     """``H×W×3`` sRGB-encoded float in [0, 1] → 8-bit PNG bytes."""
     codes = np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
     return _encode(np.ascontiguousarray(codes[..., ::-1]))
-
-
-def encode_disparity(disparity: np.ndarray) -> bytes:
-    """``H×W`` disparity in [0, 1] → 16-bit gray PNG bytes."""
-    return _encode(np.rint(np.clip(disparity, 0.0, 1.0) * 65535.0).astype(np.uint16))
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

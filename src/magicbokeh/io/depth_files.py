@@ -43,11 +43,14 @@ from magicbokeh.io.atomic import atomic_write
 __all__ = [
     "DEPTH_READ_EXTENSIONS",
     "DEPTH_WRITE_EXTENSIONS",
+    "check_disparity",
     "depth_to_disparity",
+    "encode_disparity",
     "load_depth",
     "match_depth_to_image",
     "normalize_disparity",
     "read_pfm",
+    "require_finite",
     "save_depth",
     "write_pfm",
 ]
@@ -97,7 +100,7 @@ def load_depth(
             f"{suffix} depth map, re-export it"
         ) from None
     values = _as_plane(values, file)
-    _require_finite(values, f"depth file {file}")
+    require_finite(values, f"depth file {file}")
     if kind == "depth":
         values = depth_to_disparity(values, source=f"depth file {file}")
     return normalize_disparity(values) if normalize else values.astype(np.float32)
@@ -129,13 +132,35 @@ def normalize_disparity(disparity: np.ndarray) -> np.ndarray:
     return ((values - low) / (high - low)).astype(np.float32)
 
 
-def _require_finite(values: np.ndarray, source: str) -> None:
+def require_finite(values: np.ndarray, source: str) -> None:
+    """Raise :class:`MagicBokehError` naming ``source`` if ``values`` hold NaN or infinity."""
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise MagicBokehError(
             f"{source} has {bad} values that are not finite (NaN or inf) of {values.size}; "
-            "fill them (e.g. with the nearest valid value) and save the map again"
+            "fill them first (e.g. with the nearest valid value)"
         )
+
+
+def check_disparity(values: np.ndarray, source: str = "the depth array") -> None:
+    """Raise :class:`MagicBokehError` unless ``values`` is ``H×W``, finite and in [0, 1]."""
+    if values.ndim != 2:
+        raise MagicBokehError(f"{source} must be H×W, got shape {values.shape}")
+    require_finite(values, source)
+    if values.min() < 0.0 or values.max() > 1.0:
+        raise MagicBokehError(
+            f"{source} is disparity and must lie in [0, 1] (got {values.min():g}.."
+            f"{values.max():g}): normalise it to [0, 1] first"
+        )
+
+
+def encode_disparity(disparity: np.ndarray) -> bytes:
+    """``H×W`` disparity in [0, 1] → 16-bit gray PNG bytes, code ``round(d·65535)`` (clipped)."""
+    codes = np.rint(np.clip(disparity, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    ok, encoded = cv2.imencode(".png", codes)
+    if not ok:
+        raise MagicBokehError("could not encode the disparity map as PNG")
+    return encoded.tobytes()
 
 
 def _as_plane(values: np.ndarray, file: Path) -> np.ndarray:
@@ -327,7 +352,7 @@ def save_depth(
     values = np.asarray(disparity, dtype=np.float32)
     if values.ndim != 2 or values.size == 0:
         raise MagicBokehError(f"a depth map to save must be H×W, not {values.shape}")
-    _require_finite(values, "the depth map to save")
+    require_finite(values, "the depth map to save")
     if suffix == ".png" and (values.min() < 0 or values.max() > 1):
         raise MagicBokehError(
             f"a 16-bit PNG stores values in [0, 1] but this map spans "
@@ -338,11 +363,7 @@ def save_depth(
             with open(temporary, "wb") as handle:
                 np.save(handle, values, allow_pickle=False)
         elif suffix == ".png":
-            codes = np.rint(values * 65535.0).astype(np.uint16)
-            ok, encoded = cv2.imencode(".png", codes)
-            if not ok:
-                raise MagicBokehError(f"could not encode {target} as PNG")
-            temporary.write_bytes(encoded.tobytes())
+            temporary.write_bytes(encode_disparity(values))
         elif suffix in (".tif", ".tiff"):
             tifffile.imwrite(temporary, values, photometric="minisblack", compression="zlib")
         elif suffix == ".exr":
