@@ -125,11 +125,13 @@ def depth_to_disparity(depth: np.ndarray, *, source: str = "depth map") -> np.nd
 
 def normalize_disparity(disparity: np.ndarray) -> np.ndarray:
     """Min-max normalise to [0, 1] as float32; a constant map becomes all zeros."""
-    values = np.asarray(disparity, dtype=np.float64)
+    values = np.array(disparity, dtype=np.float64)  # a copy, normalised in place
     low, high = float(values.min()), float(values.max())
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
+    values -= low
+    values /= high - low
+    return values.astype(np.float32)
 
 
 def require_finite(values: np.ndarray, source: str) -> None:

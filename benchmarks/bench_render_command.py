@@ -1,0 +1,389 @@
+"""End-to-end speed of ``magicbokeh render`` as a user meets it: one whole process per run.
+
+For each scene, the 12 MP command
+
+    python -m magicbokeh render photo.png -o out.png --engine physical --depth d.npy \\
+        --focus-disparity F --aperture 32
+
+runs as a subprocess: wall time, CPU time (user + system) and peak RSS of the process. The
+same command then runs under a small wrapper process that notes when each phase starts and
+ends, giving the split: start-up (interpreter, imports, argument and output checks), decode
+(reading the photo), depth (reading the depth file), engine, encode (image and sidecar), and
+the rest. Scenes:
+
+* ``friendly``: the photo-like scene of ``bench_physical.py`` (mostly in focus, focus 0.75);
+* ``defocused``: textured photo whose disparity ramps from 0.2 to 0.8 across the frame, with a
+  subject at 0.95 in focus, so almost every pixel is strongly blurred (r = 5..24 px).
+
+Also: ``magicbokeh --help`` and ``magicbokeh render --help``; the encode phase for PNG, JPEG
+and TIFF outputs; and what the chosen PNG and TIFF settings cost in file size against the
+previous ones (measured in-process on the rendered image).
+
+``--baseline REV`` runs the same commands with the package as of git revision REV (exported
+with ``git archive`` into a temporary folder and put first on ``PYTHONPATH``), interleaved with
+the current runs so that both meet the same machine load. Wall times on a shared machine are
+noisy: every row is the median of ``--runs`` runs, and the 1-minute load average is printed.
+
+Usage (from the repository root): ``python benchmarks/bench_render_command.py [--runs N]
+[--baseline REV] [--markdown OUT.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SIZE = (3024, 4032)  # 12 MP, height x width
+PHASES = ("start-up", "decode", "depth", "engine", "encode", "rest")
+
+
+# ------------------------------------------------------------------------------------ scenes
+def defocused_scene(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Textured photo (``H×W×3`` sRGB in [0, 1]) and disparity: a 0.2..0.8 ramp, subject 0.95."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    ys, xs = np.linspace(0, 1, height)[:, None], np.linspace(0, 1, width)[None, :]
+    image = np.stack(
+        [0.3 + 0.4 * xs * ys + 0 * ys, 0.4 + 0.3 * ys + 0 * xs, 0.5 - 0.3 * ys + 0 * xs]
+    )
+    image = image.transpose(1, 2, 0).astype(np.float32)
+    for scale in (4, 16, 64):
+        noise = rng.random((height // scale, width // scale, 3), dtype=np.float32)
+        image += 0.15 * (cv2.resize(noise, (width, height), interpolation=cv2.INTER_LINEAR) - 0.5)
+    disparity = np.broadcast_to(0.2 + 0.6 * xs, (height, width)).astype(np.float32)
+    subject = ((ys - 0.5) ** 2 / 0.04 + (xs - 0.5) ** 2 / 0.02) < 1
+    disparity = np.where(subject, np.float32(0.95), disparity)
+    image[subject] = (0.8, 0.4, 0.3)
+    return np.clip(image, 0, 1), disparity
+
+
+def friendly_scene(height: int, width: int) -> tuple[np.ndarray, np.ndarray, float]:
+    sys.path.insert(0, str(HERE))
+    from bench_physical import make_scene
+
+    image, disparity, focus = make_scene(height, width)
+    return image[0].permute(1, 2, 0).numpy(), disparity[0, 0].numpy(), focus
+
+
+def write_scenes(folder: Path) -> dict[str, tuple[Path, Path, float]]:
+    """Photo PNG (8-bit) and disparity .npy of each scene; name → (photo, depth, focus)."""
+    import cv2
+
+    image, disparity = defocused_scene(*SIZE)
+    friendly, friendly_depth, friendly_focus = friendly_scene(*SIZE)
+    scenes = {}
+    for name, (rgb, depth, focus) in {
+        "friendly": (friendly, friendly_depth, friendly_focus),
+        "defocused": (image, disparity, 0.95),
+    }.items():
+        photo, depth_file = folder / f"{name}.png", folder / f"{name}.npy"
+        codes = np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+        cv2.imwrite(str(photo), np.ascontiguousarray(codes[..., ::-1]))
+        np.save(depth_file, np.ascontiguousarray(depth, dtype=np.float32))
+        scenes[name] = (photo, depth_file, focus)
+    return scenes
+
+
+# ---------------------------------------------------------------------------------- processes
+def render_args(photo: Path, depth: Path, focus: float, out: Path) -> list[str]:
+    return [
+        "render",
+        str(photo),
+        "-o",
+        str(out),
+        "--engine",
+        "physical",
+        "--depth",
+        str(depth),
+        "--focus-disparity",
+        f"{focus:g}",
+        "--aperture",
+        "32",
+        "--overwrite",
+        "-q",
+    ]
+
+
+def timed_process(command: list[str], env: dict, cwd: Path) -> dict:
+    """Wall, CPU (user + system) and peak RSS of one process, taken from its own rusage.
+
+    The process finds its start time (epoch seconds) in ``$BENCH_START``.
+    """
+    env = dict(env, BENCH_START=repr(time.time()))
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    out, err = process.stdout.read(), process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{err.decode()}")
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_gb": usage.ru_maxrss / 2**20,
+        "stdout": out.decode(),
+    }
+
+
+def child_split(argv: list[str]) -> None:
+    """Run the CLI in this process, noting when each phase starts and ends (epoch seconds)."""
+    t0 = float(os.environ["BENCH_START"])
+    import magicbokeh.api as api
+    import magicbokeh.commands.render as command
+    import magicbokeh.depth.resolve as resolve
+    from magicbokeh.cli import main
+
+    marks: dict[str, list[float]] = {}
+
+    def timed(module: object, name: str, phase: str) -> None:
+        original = getattr(module, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            start = time.time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                marks.setdefault(phase, []).append(time.time() - start)
+                marks.setdefault(f"{phase}@", []).append(start)
+
+        setattr(module, name, wrapper)
+
+    timed(api, "load_image", "decode")
+    timed(resolve, "load_depth", "depth")
+    timed(api, "render_physical", "engine")
+    timed(command, "write_outputs", "encode")
+    code = main(argv)
+    end = time.time()
+    phases = {phase: sum(marks.get(phase, [0.0])) for phase in PHASES[1:-1]}
+    phases["start-up"] = marks["decode@"][0] - t0
+    phases["total"] = end - t0
+    phases["rest"] = phases["total"] - sum(phases[p] for p in PHASES[:-1])
+    print(json.dumps({"code": code, **phases}))
+
+
+def export_revision(revision: str, folder: Path) -> Path:
+    """``src/`` of the package at git ``revision`` unpacked under ``folder``; returns src/."""
+    root = HERE.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", revision, "src"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder / "src"
+
+
+# ------------------------------------------------------------------------------------ reports
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def machine_line() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
+
+
+def load() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def encoder_costs(image_path: Path) -> list[str]:
+    """Time and size of the chosen lossless encoders against the previous settings."""
+    import tifffile
+    from PIL import Image
+
+    codes = np.asarray(Image.open(image_path).convert("RGB"))
+    settings = {
+        "PNG, Pillow default (zlib level 6; before)": (
+            "png",
+            {"compress_level": 6},
+        ),
+        "PNG, zlib level 1, run-length strategy (now)": (
+            "png",
+            {"compress_level": 1, "compress_type": zlib.Z_RLE},
+        ),
+        "TIFF, zlib level 6 (before)": ("tif", {"compression": "zlib"}),
+        "TIFF, zlib level 1 + horizontal predictor (now)": (
+            "tif",
+            {"compression": "zlib", "compressionargs": {"level": 1}, "predictor": True},
+        ),
+        "JPEG, quality 95, 4:4:4 (unchanged)": ("jpg", {"quality": 95, "subsampling": 0}),
+    }
+    rows = []
+    for label, (kind, options) in settings.items():
+        times, size = [], 0
+        for _ in range(3):
+            buffer = io.BytesIO()
+            start = time.process_time()
+            if kind == "tif":
+                tifffile.imwrite(buffer, codes, photometric="rgb", **options)
+            else:
+                Image.fromarray(codes).save(
+                    buffer, format="PNG" if kind == "png" else "JPEG", **options
+                )
+            times.append(time.process_time() - start)
+            size = buffer.tell()
+        rows.append(f"| {label} | {min(times):.2f} | {size / 1e6:.1f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per row (median reported)")
+    parser.add_argument("--baseline", metavar="REV", help="also run the package at git REV")
+    parser.add_argument("--markdown", type=Path, help="write the report to this file")
+    parser.add_argument("--quick", action="store_true", help="1 MP scenes, one run: a smoke test")
+    parser.add_argument("--child-split", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_split:
+        child_split(args.child_split)
+        return
+
+    global SIZE
+    if args.quick:
+        SIZE, args.runs = (864, 1152), 1
+    work = Path(tempfile.mkdtemp(prefix="bench-render-"))
+    versions = {"now": None}
+    if args.baseline:
+        versions[f"baseline {args.baseline}"] = export_revision(args.baseline, work / "baseline")
+    envs = {}
+    for name, src in versions.items():
+        env = dict(os.environ)
+        if src is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).strip(
+                os.pathsep
+            )
+        envs[name] = env
+    print("writing the scenes ...", flush=True)
+    scenes = write_scenes(work)
+    lines = [
+        f"Machine: {machine_line()}.",
+        f"Load average (1/5/15 min) at the start: {load()}.",
+        "",
+    ]
+
+    # --help
+    lines += ["## Start-up: help", "", "| command | version | median wall s |", "|---|---|---|"]
+    for words in (["--help"], ["render", "--help"]):
+        for name, env in envs.items():
+            walls = [
+                timed_process([sys.executable, "-m", "magicbokeh", *words], env, work)["wall"]
+                for _ in range(args.runs)
+            ]
+            lines.append(f"| `magicbokeh {' '.join(words)}` | {name} | {median(walls):.2f} |")
+            print(lines[-1], flush=True)
+
+    # whole command and split, interleaved over versions
+    results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    loads: dict[str, list[float]] = {}
+    for scene, (photo, depth, focus) in scenes.items():
+        for _ in range(args.runs):
+            for name, env in envs.items():
+                out = work / f"out-{scene}.png"
+                cli = render_args(photo, depth, focus, out)
+                row = results.setdefault((scene, name), {})
+                loads.setdefault(scene, []).append(os.getloadavg()[0])
+                plain = timed_process([sys.executable, "-m", "magicbokeh", *cli], env, work)
+                for key in ("wall", "cpu", "rss_gb"):
+                    row.setdefault(key, []).append(plain[key])
+                split_cmd = [sys.executable, __file__, "--child-split", *cli]
+                split = json.loads(timed_process(split_cmd, env, work)["stdout"].splitlines()[-1])
+                for phase in PHASES:
+                    row.setdefault(phase, []).append(split[phase])
+        print(f"{scene}: done (load {load()})", flush=True)
+    lines += [
+        "",
+        f"## The whole command, {SIZE[1]}×{SIZE[0]} PNG in and out, K = 32",
+        "",
+        "Median of the runs; wall/CPU/RSS from plain runs, the split from wrapped runs.",
+        "",
+        "| scene | version | wall s | CPU s | peak RSS GB | "
+        + " | ".join(PHASES)
+        + " | load (1 min) |",
+        "|---|---|---|---|---|" + "---|" * len(PHASES) + "---|",
+    ]
+    for (scene, name), row in results.items():
+        phases = " | ".join(f"{median(row[p]):.2f}" for p in PHASES)
+        lines.append(
+            f"| {scene} | {name} | {median(row['wall']):.2f} | {median(row['cpu']):.2f} | "
+            f"{median(row['rss_gb']):.2f} | {phases} | {median(loads[scene]):.1f} |"
+        )
+        print(lines[-1], flush=True)
+
+    # output formats
+    photo, depth, focus = scenes["defocused"]
+    lines += [
+        "",
+        "## Output formats (defocused scene, current version)",
+        "",
+        "| output | wall s | encode s | file MB |",
+        "|---|---|---|---|",
+    ]
+    for suffix in (".png", ".jpg", ".tif"):
+        out = work / f"format{suffix}"
+        walls, encodes = [], []
+        for _ in range(args.runs):
+            cli = render_args(photo, depth, focus, out)
+            walls.append(
+                timed_process([sys.executable, "-m", "magicbokeh", *cli], envs["now"], work)["wall"]
+            )
+            split_cmd = [sys.executable, __file__, "--child-split", *cli]
+            split = json.loads(
+                timed_process(split_cmd, envs["now"], work)["stdout"].splitlines()[-1]
+            )
+            encodes.append(split["encode"])
+        lines.append(
+            f"| {suffix[1:].upper()} | {median(walls):.2f} | {median(encodes):.2f} | "
+            f"{out.stat().st_size / 1e6:.1f} |"
+        )
+        print(lines[-1], flush=True)
+
+    lines += [
+        "",
+        "## Lossless encoder settings (rendered defocused image, in-process, best of 3)",
+        "",
+        "| encoder | CPU s | file MB |",
+        "|---|---|---|",
+        *encoder_costs(work / "out-defocused.png"),
+        "",
+        f"Load average at the end: {load()}.",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
