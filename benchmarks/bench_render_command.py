@@ -12,8 +12,9 @@ ends, giving the split: start-up (interpreter, imports, argument and output chec
 the rest. Scenes:
 
 * ``friendly``: the photo-like scene of ``bench_physical.py`` (mostly in focus, focus 0.75);
-* ``defocused``: textured photo whose disparity ramps from 0.2 to 0.8 across the frame, with a
-  subject at 0.95 in focus, so almost every pixel is strongly blurred (r = 5..24 px).
+* ``defocused``: ``bench_physical.py``'s textured photo whose disparity ramps from 0.2 to 0.8
+  across the frame, with a subject at 0.95 in focus, so almost every pixel is strongly blurred
+  (r = 5..24 px).
 
 Also: ``magicbokeh --help`` and ``magicbokeh render --help``; the encode phase for PNG, JPEG
 and TIFF outputs; and what the chosen PNG and TIFF settings cost in file size against the
@@ -52,31 +53,12 @@ PHASES = ("start-up", "decode", "depth", "engine", "encode", "rest")
 
 
 # ------------------------------------------------------------------------------------ scenes
-def defocused_scene(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Textured photo (``H×W×3`` sRGB in [0, 1]) and disparity: a 0.2..0.8 ramp, subject 0.95."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    ys, xs = np.linspace(0, 1, height)[:, None], np.linspace(0, 1, width)[None, :]
-    image = np.stack(
-        [0.3 + 0.4 * xs * ys + 0 * ys, 0.4 + 0.3 * ys + 0 * xs, 0.5 - 0.3 * ys + 0 * xs]
-    )
-    image = image.transpose(1, 2, 0).astype(np.float32)
-    for scale in (4, 16, 64):
-        noise = rng.random((height // scale, width // scale, 3), dtype=np.float32)
-        image += 0.15 * (cv2.resize(noise, (width, height), interpolation=cv2.INTER_LINEAR) - 0.5)
-    disparity = np.broadcast_to(0.2 + 0.6 * xs, (height, width)).astype(np.float32)
-    subject = ((ys - 0.5) ** 2 / 0.04 + (xs - 0.5) ** 2 / 0.02) < 1
-    disparity = np.where(subject, np.float32(0.95), disparity)
-    image[subject] = (0.8, 0.4, 0.3)
-    return np.clip(image, 0, 1), disparity
-
-
-def friendly_scene(height: int, width: int) -> tuple[np.ndarray, np.ndarray, float]:
+def scene_arrays(name: str, height: int, width: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A scene of ``bench_physical.py`` as arrays: (``H×W×3`` sRGB, ``H×W`` disparity, focus)."""
     sys.path.insert(0, str(HERE))
-    from bench_physical import make_scene
+    from bench_physical import SCENES
 
-    image, disparity, focus = make_scene(height, width)
+    image, disparity, focus = SCENES[name](height, width)
     return image[0].permute(1, 2, 0).numpy(), disparity[0, 0].numpy(), focus
 
 
@@ -84,13 +66,9 @@ def write_scenes(folder: Path) -> dict[str, tuple[Path, Path, float]]:
     """Photo PNG (8-bit) and disparity .npy of each scene; name → (photo, depth, focus)."""
     import cv2
 
-    image, disparity = defocused_scene(*SIZE)
-    friendly, friendly_depth, friendly_focus = friendly_scene(*SIZE)
     scenes = {}
-    for name, (rgb, depth, focus) in {
-        "friendly": (friendly, friendly_depth, friendly_focus),
-        "defocused": (image, disparity, 0.95),
-    }.items():
+    for name in ("friendly", "defocused"):
+        rgb, depth, focus = scene_arrays(name, *SIZE)
         photo, depth_file = folder / f"{name}.png", folder / f"{name}.npy"
         codes = np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
         cv2.imwrite(str(photo), np.ascontiguousarray(codes[..., ::-1]))
