@@ -386,18 +386,15 @@ def _decode_pil(pil: Image.Image) -> tuple[np.ndarray, int]:
     if mode == "F":
         return np.asarray(pil, dtype=np.float32), 16
     has_alpha = "A" in pil.getbands() or "a" in mode or "transparency" in pil.info
-    converted = pil.convert("RGBA" if has_alpha else "RGB")
-    return np.asarray(converted), 8
+    wanted = "RGBA" if has_alpha else "RGB"
+    return np.asarray(pil if mode == wanted else pil.convert(wanted)), 8
 
 
 def _split_channels(pixels: np.ndarray, file: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Integer or float pixels (``H×W``, ``H×W×{1,2,3,4}``) → RGB and alpha in [0, 1]."""
-    if pixels.dtype == np.uint8:
-        values = pixels.astype(np.float32) / np.float32(255)
-    elif pixels.dtype == np.uint16:
-        values = pixels.astype(np.float32) / np.float32(65535)
-    elif pixels.dtype.kind in "iu":
-        values = pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+    if pixels.dtype.kind in "iu":
+        values = pixels.astype(np.float32)  # one image-sized copy, scaled in place
+        values /= np.float32(np.iinfo(pixels.dtype).max)
     else:
         values = pixels.astype(np.float32)
         bad = int(np.count_nonzero(~np.isfinite(values)))
