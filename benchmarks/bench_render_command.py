@@ -50,6 +50,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SIZE = (3024, 4032)  # 12 MP, height x width
 PHASES = ("start-up", "decode", "depth", "engine", "encode", "rest")
+CORES = min(os.cpu_count() or 1, 2)  # the engine's worker threads (torch's default here)
 
 
 # ------------------------------------------------------------------------------------ scenes
@@ -136,12 +137,14 @@ def child_split(argv: list[str]) -> None:
         original = getattr(module, name)
 
         def wrapper(*args: object, **kwargs: object) -> object:
-            start = time.time()
+            start, cpu = time.time(), time.process_time()
             try:
                 return original(*args, **kwargs)
             finally:
                 marks.setdefault(phase, []).append(time.time() - start)
+                marks.setdefault(f"{phase} cpu", []).append(time.process_time() - cpu)
                 marks.setdefault(f"{phase}@", []).append(start)
+                marks.setdefault(f"{phase}@cpu", []).append(cpu)
 
         setattr(module, name, wrapper)
 
@@ -150,11 +153,17 @@ def child_split(argv: list[str]) -> None:
     timed(api, "render_physical", "engine")
     timed(command, "write_outputs", "encode")
     code = main(argv)
-    end = time.time()
-    phases = {phase: sum(marks.get(phase, [0.0])) for phase in PHASES[1:-1]}
+    end, end_cpu = time.time(), time.process_time()
+    phases = {}
+    for phase in PHASES[1:-1]:
+        phases[phase] = sum(marks.get(phase, [0.0]))
+        phases[f"{phase} cpu"] = sum(marks.get(f"{phase} cpu", [0.0]))
     phases["start-up"] = marks["decode@"][0] - t0
+    # CPU time before the decode: this process's own (interpreter start included).
+    phases["start-up cpu"] = marks["decode@cpu"][0]
     phases["total"] = end - t0
     phases["rest"] = phases["total"] - sum(phases[p] for p in PHASES[:-1])
+    phases["rest cpu"] = end_cpu - sum(phases[f"{p} cpu"] for p in PHASES[:-1])
     print(json.dumps({"code": code, **phases}))
 
 
@@ -299,6 +308,9 @@ def main() -> None:
                 split = json.loads(timed_process(split_cmd, env, work)["stdout"].splitlines()[-1])
                 for phase in PHASES:
                     row.setdefault(phase, []).append(split[phase])
+                    row.setdefault(f"{phase} cpu", []).append(split[f"{phase} cpu"])
+                serial = sum(split[f"{p} cpu"] for p in PHASES if p != "engine")
+                row.setdefault("estimate", []).append(serial + split["engine cpu"] / CORES)
         print(f"{scene}: done (load {load()})", flush=True)
     lines += [
         "",
@@ -317,6 +329,19 @@ def main() -> None:
             f"| {scene} | {name} | {median(row['wall']):.2f} | {median(row['cpu']):.2f} | "
             f"{median(row['rss_gb']):.2f} | {phases} | {median(loads[scene]):.1f} |"
         )
+        print(lines[-1], flush=True)
+    lines += [
+        "",
+        "CPU seconds per phase (the same wrapped runs), and the wall time they imply on an idle",
+        f"machine: every phase but the engine runs on one core, the engine on {CORES} "
+        f"(estimate = CPU of the other phases + engine CPU / {CORES}).",
+        "",
+        "| scene | version | " + " | ".join(PHASES) + " | estimated idle wall s |",
+        "|---|---|" + "---|" * len(PHASES) + "---|",
+    ]
+    for (scene, name), row in results.items():
+        phases = " | ".join(f"{median(row[f'{p} cpu']):.2f}" for p in PHASES)
+        lines.append(f"| {scene} | {name} | {phases} | {median(row['estimate']):.2f} |")
         print(lines[-1], flush=True)
 
     # output formats

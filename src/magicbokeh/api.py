@@ -177,7 +177,7 @@ def render(
     if engine_name == "physical":
         shape = aperture_shape or Aperture()
         output = render_physical(
-            to_tensor(rgb).to(torch_device),
+            to_tensor(rgb, view=True).to(torch_device),
             _plane(disparity).to(torch_device),
             d_f,
             aperture,

@@ -28,7 +28,7 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from magicbokeh.extras import require
 
-    require("diffusion", "convert-official")
+    require("diffusion", "magicbokeh convert-official")
     from magicbokeh.api import DTYPES
     from magicbokeh.model.official import convert_official
 

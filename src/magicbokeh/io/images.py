@@ -546,13 +546,18 @@ def _insert_png_iccp(png: bytes, icc_profile: bytes) -> bytes:
 # Tensors
 
 
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """``H×W×3`` array → ``1×3×H×W`` float32 tensor on the CPU (values unchanged)."""
+def to_tensor(rgb: np.ndarray, *, view: bool = False) -> torch.Tensor:
+    """``H×W×3`` array → ``1×3×H×W`` float32 tensor on the CPU (values unchanged).
+
+    ``view=True`` shares the array's memory when it already is contiguous float32 (the tensor
+    then has channels-last strides), saving an image-sized copy.
+    """
     array = np.asarray(rgb)
     if array.ndim != 3 or array.shape[2] != 3:
         raise MagicBokehError(f"expected an H×W×3 image, got shape {array.shape}")
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return tensor.permute(2, 0, 1).unsqueeze(0).contiguous()
+    tensor = tensor.permute(2, 0, 1).unsqueeze(0)
+    return tensor if view else tensor.contiguous()
 
 
 def from_tensor(tensor: torch.Tensor) -> np.ndarray:

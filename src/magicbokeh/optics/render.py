@@ -21,7 +21,10 @@ power of two such that ``r/s`` lies in ``[LEVEL_RADIUS, 2*LEVEL_RADIUS)`` (``s =
 ``2*LEVEL_RADIUS``); each layer is cropped to the blocks where it is present; kernels up to
 13 px wide are applied directly, larger ones by FFT. Images larger than ``max_tile_pixels`` are
 rendered in tiles whose overlap covers the largest blur and fill reach, and stitched; all crops
-are aligned to absolute image coordinates so tiles agree with the untiled render.
+are aligned to absolute image coordinates so tiles agree with the untiled render. On the CPU
+the tiles run side by side in ``torch.get_num_threads()`` worker threads with single-threaded
+torch ops (torch's intra-op thread count is 1 during the call and restored after): many small
+ops scale far better that way than split across threads, above all on a busy machine.
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ from magicbokeh.errors import MagicBokehError
 from magicbokeh.optics.aperture import Aperture
 from magicbokeh.optics.color import linear_to_srgb, srgb_to_linear
 from magicbokeh.optics.highlight import boost_highlights, unboost_highlights
-from magicbokeh.optics.layers import layer_coordinate, layer_coordinate_scalar, layer_radius
+from magicbokeh.optics.layers import (
+    OCCLUDER_STEP,
+    layer_coordinate,
+    layer_coordinate_scalar,
+    layer_radius,
+)
 from magicbokeh.optics.stack import (
     BLOCK,
     LayerStack,
@@ -219,9 +227,12 @@ class _Scene:
             stack = LayerStack(linear[channels], u, origin, image_size, self.shape)
             radii = [layer_radius(layer) * scale for layer in present]
             jobs = []
-            for i, (layer, radius) in enumerate(zip(present, radii, strict=True)):
-                # Fill reach: the widest band a nearer blurred layer can make see-through.
-                reach = max(radii[i + 1 :], default=0.0)
+            for layer, radius in zip(present, radii, strict=True):
+                # Fill reach: the widest band an occluding blurred layer can make see-through.
+                occluders = [
+                    r for n, r in zip(present, radii, strict=True) if n >= layer + OCCLUDER_STEP
+                ]
+                reach = max(occluders, default=0.0)
                 reach = reach + 1.0 if reach >= 0.5 else 0.0
                 extent = layer_extent(lo, hi, layer, core, layer_margin(radius, reach))
                 if extent is not None:

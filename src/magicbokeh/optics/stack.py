@@ -28,6 +28,7 @@ from torch import Tensor
 
 from magicbokeh.optics.aperture import Aperture
 from magicbokeh.optics.blur import convolve, downsample, push_pull_fill, reflect_index, upsample
+from magicbokeh.optics.layers import layer_matte
 
 LEVEL_RADIUS = 8.0
 BLOCK = 16
@@ -129,11 +130,11 @@ class LayerStack:
             _round_down(ox + extent[2], grid),
             _round_up(ox + extent[3], grid),
         )
-        planes = self._layer_planes(layer, box)  # 1x(C+2)xHxW: colour*matte, matte, coverage
+        planes = self._layer_planes(layer, box)  # 1x(C+2)xHxW: colour*matte, matte, hidden
         planes = downsample(planes, factor)
         channels = self.channels
-        if octaves > 0:
-            hidden = (planes[:, -1:] - planes[:, -2:-1]).clamp_min_(0.0)
+        hidden = planes[:, -1:]
+        if octaves > 0 and bool(hidden.any()):
             planes = push_pull_fill(planes[:, :-1], octaves, hidden)
         else:
             planes = planes[:, : channels + 1]
@@ -153,7 +154,7 @@ class LayerStack:
         return colour / alpha if self.track_grad else colour.div_(alpha)
 
     def _layer_planes(self, layer: int, box: Box) -> Tensor:
-        """Premultiplied colour, matte and coverage of ``layer`` in the absolute ``box``.
+        """Premultiplied colour, matte and hidden area of ``layer`` in the absolute ``box``.
 
         Outside the image the tile is mirrored; inside the image but outside the tile the
         layer is absent (such pixels lie beyond the tile halo and cannot reach the core).
@@ -165,14 +166,11 @@ class LayerStack:
         else:
             u, colour = self._gather(rows, cols)
         if self.track_grad:
-            coverage = (u - (layer - 1)).clamp(0.0, 1.0)
-            matte = coverage * (u < layer + 1)
-            return torch.cat([colour * matte, matte[None], coverage[None]])[None]
+            matte, hidden = layer_matte(u, layer)
+            return torch.cat([colour * matte, matte[None], hidden[None]])[None]
         channels = self.channels
         planes = u.new_empty(1, channels + 2, *u.shape)
-        coverage, matte = planes[0, channels + 1], planes[0, channels]
-        torch.sub(u, layer - 1, out=coverage).clamp_(0.0, 1.0)
-        torch.mul(coverage, u < layer + 1, out=matte)
+        matte, _ = layer_matte(u, layer, out=(planes[0, channels], planes[0, channels + 1]))
         torch.mul(colour, matte, out=planes[0, :channels])
         return planes
 
