@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING
 from magicbokeh.errors import MagicBokehError
 
 if TYPE_CHECKING:  # imported in the functions that use them: `render --help` stays light
+    from concurrent.futures import Future
+
     import numpy as np
 
     from magicbokeh.api import RenderResult
     from magicbokeh.focus import FocusSpec
+    from magicbokeh.io.images import LoadedImage
 
 #: Output extensions that keep 16 bits per channel when the input had them.
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
@@ -126,6 +129,7 @@ def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    photo = _decode_in_background(args.input)  # overlaps loading torch and the engines
     from magicbokeh.api import render
     from magicbokeh.focus import parse_numbers
     from magicbokeh.optics import Aperture
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(args)
     spec = focus_spec_from_args(args)
     result = render(
-        args.input,
+        photo.result(),
         depth=args.depth,
         focus=spec,
         aperture=args.aperture,
@@ -168,6 +172,25 @@ def run(args: argparse.Namespace) -> int:
             f"focus disparity {result.focus_disparity:.3f}, depth: {result.depth_source})"
         )
     return 0
+
+
+def _decode_in_background(path: Path) -> Future:
+    """Start decoding the photo in a worker thread; its result (or error) waits in the future.
+
+    Decoding needs neither torch nor the engines, so it runs while they are imported.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decode() -> LoadedImage:
+        from magicbokeh.io.images import load_image
+
+        return load_image(path)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="magicbokeh-decode")
+    try:
+        return pool.submit(decode)
+    finally:
+        pool.shutdown(wait=False)  # the submitted decode still runs
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -34,16 +34,19 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pillow_heif
 import tifffile
-import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io.atomic import atomic_write
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so decoding needs no torch
+    import torch
 
 __all__ = [
     "MAX_PIXELS",
@@ -552,6 +555,8 @@ def to_tensor(rgb: np.ndarray, *, view: bool = False) -> torch.Tensor:
     ``view=True`` shares the array's memory when it already is contiguous float32 (the tensor
     then has channels-last strides), saving an image-sized copy.
     """
+    import torch
+
     array = np.asarray(rgb)
     if array.ndim != 3 or array.shape[2] != 3:
         raise MagicBokehError(f"expected an H×W×3 image, got shape {array.shape}")
@@ -562,6 +567,8 @@ def to_tensor(rgb: np.ndarray, *, view: bool = False) -> torch.Tensor:
 
 def from_tensor(tensor: torch.Tensor) -> np.ndarray:
     """``1×3×H×W`` or ``3×H×W`` tensor → ``H×W×3`` float32 array (values unchanged)."""
+    import torch
+
     values = tensor.detach()
     if values.ndim == 4:
         if values.shape[0] != 1:
