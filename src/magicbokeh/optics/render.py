@@ -19,7 +19,7 @@ the border stays opaque there.
 Speed: a layer of radius ``r`` is blurred and composited at ``1/s`` resolution with ``s`` a
 power of two such that ``r/s`` lies in ``[LEVEL_RADIUS, 2*LEVEL_RADIUS)`` (``s = 1`` below
 ``2*LEVEL_RADIUS``); each layer is cropped to the blocks where it is present; kernels up to
-13 px wide are applied directly, larger ones by FFT. Images larger than ``max_tile_pixels`` are
+11 px wide are applied directly, larger ones by FFT. Images larger than ``max_tile_pixels`` are
 rendered in tiles whose overlap covers the largest blur and fill reach, and stitched; all crops
 are aligned to absolute image coordinates so tiles agree with the untiled render. On the CPU
 the tiles run side by side in ``torch.get_num_threads()`` worker threads with single-threaded
