@@ -13,10 +13,15 @@ import torch
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io import atomic_write, ensure_writable, read_sidecar, sidecar_path, write_sidecar
+from magicbokeh.io.atomic import staged_folder
 
 
 def _listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def test_ensure_writable_checks_without_leaving_folders_behind(tmp_path: Path) -> None:
@@ -179,3 +184,64 @@ def test_read_sidecar_errors(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(MagicBokehError, match="not valid JSON"):
         read_sidecar(bad)
+
+
+# ---------------------------------------------------------------------------- staged folders
+
+
+def test_staged_folder_moves_a_complete_folder_into_place(tmp_path: Path) -> None:
+    with staged_folder(tmp_path / "model") as staging:
+        (staging / "a.json").write_text("{}")
+        (staging / "sub").mkdir()
+        (staging / "sub" / "w.bin").write_bytes(b"w")
+    assert _listing(tmp_path) == ["model"]
+    assert _tree(tmp_path / "model") == ["a.json", "sub", "sub/w.bin"]
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError])
+def test_interrupted_staged_folder_leaves_no_half_folder(tmp_path: Path, interruption) -> None:
+    with pytest.raises(interruption), staged_folder(tmp_path / "model") as staging:
+        (staging / "a.json").write_text("{}")
+        raise interruption()
+    assert _listing(tmp_path) == []
+
+
+def test_staged_folder_refuses_a_non_empty_folder_unless_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with staged_folder(tmp_path / "empty") as staging:  # an empty folder is taken
+        (staging / "new").write_text("n")
+    assert _listing(tmp_path / "empty") == ["new"]
+    with pytest.raises(MagicBokehError, match="overwrite"), staged_folder(tmp_path / "empty"):
+        pass
+    with staged_folder(tmp_path / "empty", overwrite=True) as staging:
+        (staging / "other").write_text("o")
+    assert _listing(tmp_path / "empty") == ["other"]  # replaced as a whole
+    (tmp_path / "file").write_text("f")
+    with pytest.raises(MagicBokehError, match="is a file"), staged_folder(tmp_path / "file"):
+        pass
+    assert _listing(tmp_path) == ["empty", "file"]
+
+
+def test_merged_staged_folder_replaces_its_entries_and_keeps_the_rest(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    (folder / "network").mkdir(parents=True)
+    (folder / "network" / "old.bin").write_bytes(b"old")
+    (folder / "depth").mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt), staged_folder(folder, merge=True) as staging:
+        (staging / "network").mkdir()
+        raise KeyboardInterrupt
+    assert _tree(folder) == ["depth", "network", "network/old.bin", "notes.txt"]
+    assert _listing(tmp_path) == ["model"]
+    with staged_folder(folder, merge=True) as staging:
+        (staging / "network").mkdir()
+        (staging / "network" / "new.bin").write_bytes(b"new")
+        (staging / "magicbokeh.json").write_text("{}")
+    assert _tree(folder) == [
+        "depth",
+        "magicbokeh.json",
+        "network",
+        "network/new.bin",
+        "notes.txt",
+    ]
+    assert _listing(tmp_path) == ["model"]

@@ -94,14 +94,19 @@ def test_convert_then_load_gives_the_same_network(tmp_path):
 
 def test_depth_hook_is_called(tmp_path):
     calls = []
+
+    def converter(src: Path, dst: Path) -> None:
+        calls.append((src, dst))
+        dst.mkdir()
+        (dst / "config.json").write_text("{}")
+
     convert_official(
-        BASE,
-        PKL,
-        tmp_path / "out",
-        depth_pth=tmp_path / "DAdepth.pth",
-        depth_converter=lambda src, dst: calls.append((src, dst)),
+        BASE, PKL, tmp_path / "out", depth_pth=tmp_path / "DAdepth.pth", depth_converter=converter
     )
-    assert calls == [(tmp_path / "DAdepth.pth", tmp_path / "out" / "depth")]
+    # The hook writes into the folder being built, which lands at out/ when complete.
+    assert [(src, dst.name) for src, dst in calls] == [(tmp_path / "DAdepth.pth", "depth")]
+    assert (tmp_path / "out" / "depth" / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def write_released_pkl(path: Path, mutate=None) -> None:

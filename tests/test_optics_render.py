@@ -175,3 +175,20 @@ def test_kernels_are_normalised_and_tend_to_delta() -> None:
     assert float(Aperture().kernel(0.3)[1, 1]) == 1.0
     round_kernel = Aperture(blades=6, roundness=1.0).kernel(8.0)
     assert torch.allclose(round_kernel, Aperture().kernel(8.0))
+
+
+def test_parallel_tiles_match_one_thread_and_restore_the_thread_count() -> None:
+    gen = torch.Generator().manual_seed(6)
+    image = torch.rand(1, 3, 96, 112, generator=gen)
+    depth = torch.rand(1, 1, 6, 7, generator=gen)
+    depth = torch.nn.functional.interpolate(depth, size=(96, 112), mode="bilinear")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = render_physical(image, depth, 0.4, 20.0, max_tile_pixels=64 * 64)
+        torch.set_num_threads(2)
+        parallel = render_physical(image, depth, 0.4, 20.0, max_tile_pixels=64 * 64)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, parallel)

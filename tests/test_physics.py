@@ -218,3 +218,50 @@ def test_srgb_round_trip() -> None:
     assert float(srgb_to_linear(torch.tensor(0.04045 / 2))) == pytest.approx(0.04045 / 2 / 12.92)
     x32 = torch.rand(3, 5, 7)
     assert (linear_to_srgb(srgb_to_linear(x32)) - x32).abs().max() < 1e-5
+
+
+# 4b. A blurred near plane touching the image border stays opaque there: the scene continues
+# beyond the frame, so the far plane must not show through (compared with the exact scatter of
+# the scene extended beyond the frame).
+def _border_scene(size: int = 64, strip: int = 16):
+    gen = torch.Generator().manual_seed(5)
+    texture = torch.nn.functional.interpolate(
+        torch.rand(1, 1, 8, 8, generator=gen), size=(size, size), mode="bicubic"
+    ).clamp(0, 1)[0, 0]
+    image = torch.zeros(1, 3, size, size, dtype=torch.float64)
+    image[0, 1] = 0.2 + 0.2 * texture  # far plane: blue-green
+    image[0, 2] = 0.8
+    image[0, 0, -strip:] = 0.5 + 0.3 * texture[-strip:]  # near strip along the bottom: red
+    image[0, 1, -strip:] = 0.3 * texture[-strip:]
+    image[0, 2, -strip:] = 0.0
+    depth = torch.full((1, 1, size, size), 0.2, dtype=torch.float64)
+    depth[..., -strip:, :] = 0.9
+    return image, depth
+
+
+def test_blurred_near_plane_at_the_border_hides_the_far_plane() -> None:
+    size, strip, radius = 64, 16, 8.0
+    aperture = radius / 0.7  # near strip r = 8 px, far plane in focus
+    image, depth = _border_scene(size, strip)
+    fast = render_physical(image, depth, 0.2, aperture)
+    # Truth: the exact scatter of the scene extended beyond the frame (mirrored), then cropped.
+    pad = 24
+    index = torch.arange(-pad, size + pad)
+    mirror = torch.where(
+        index < 0, -index - 1, torch.where(index >= size, 2 * size - 1 - index, index)
+    )
+    wide_image = image[..., mirror, :][..., mirror]
+    wide_depth = depth[..., mirror, :][..., mirror]
+    exact = render_scatter_reference(wide_image, wide_depth, 0.2, aperture)
+    exact = exact[..., pad : pad + size, pad : pad + size]
+    edge = size - strip
+    border = slice(edge + int(radius) + 2, size)  # rows of the strip away from its depth edge
+    assert float(fast[0, 2, border].max()) < 2e-3  # no far (blue) light at the border
+    assert float(exact[0, 2, border].max()) < 2e-3
+    keep = torch.ones(size, dtype=torch.bool)
+    keep[edge - int(radius) - 2 : edge + int(radius) + 2] = False
+    assert _psnr(fast[..., keep, :], exact[..., keep, :]) > 40.0
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(1.0 / float(((a - b) ** 2).mean()))

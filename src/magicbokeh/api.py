@@ -16,6 +16,7 @@ import torch
 
 from magicbokeh.depth.resolve import resolve_depth
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import LEARNED_ENGINE, install_hint, missing, require
 from magicbokeh.focus import (
     LEARNED_K_MAX,
     FocusSpec,
@@ -24,7 +25,7 @@ from magicbokeh.focus import (
     resize_mask,
     resolve_focus,
 )
-from magicbokeh.io import LoadedImage, load_image
+from magicbokeh.io import LoadedImage, load_image, to_tensor
 from magicbokeh.optics import Aperture, render_physical
 from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 from magicbokeh.runtime import DIFFUSION_MODEL_DIR, installed_model, resolve_device
@@ -63,9 +64,15 @@ class RenderResult:
 
 
 def select_engine(engine: str, model: str | Path | None = None) -> tuple[str, str | None]:
-    """The engine to run and, for ``auto``, a note saying which was picked and why."""
+    """The engine to run and, for ``auto``, a note saying which was picked and why.
+
+    ``diffusion`` needs the ``diffusion`` extra and the weights (checked here, before any
+    work); ``auto`` takes the learned engine only when both are there.
+    """
     if engine not in ENGINES:
         raise MagicBokehError(f"unknown engine {engine!r}: use auto, physical or diffusion")
+    if engine == "diffusion":
+        require("diffusion", "the learned engine (--engine diffusion)", LEARNED_ENGINE)
     available = model is not None or installed_model(DIFFUSION_MODEL_DIR) is not None
     if engine == "diffusion" and not available:
         raise MagicBokehError(
@@ -73,9 +80,15 @@ def select_engine(engine: str, model: str | Path | None = None) -> tuple[str, st
             "run `magicbokeh download`, pass --model DIR, or use --engine physical"
         )
     if engine == "auto":
-        if available:
-            return "diffusion", "engine: diffusion (MagicBokeh weights found)"
-        return "physical", "engine: physical (no MagicBokeh weights installed)"
+        if not available:
+            return "physical", "engine: physical (no MagicBokeh weights installed)"
+        absent = missing("diffusion", LEARNED_ENGINE)
+        if absent is not None:
+            return "physical", (
+                f"engine: physical (the learned engine needs the optional package '{absent}': "
+                f"{install_hint('diffusion')})"
+            )
+        return "diffusion", "engine: diffusion (MagicBokeh weights found)"
     return engine, None
 
 
@@ -167,8 +180,8 @@ def render(
     if engine_name == "physical":
         shape = aperture_shape or Aperture()
         output = render_physical(
-            _to_tensor(rgb).to(torch_device),
-            _to_tensor(disparity).to(torch_device),
+            to_tensor(rgb, view=True).to(torch_device),
+            _plane(disparity).to(torch_device),
             d_f,
             aperture,
             aperture_shape=shape,
@@ -192,8 +205,8 @@ def render(
             pipeline = load_pipeline(folder, torch_device, dtype, merge_lora=not released)
         generator = torch.Generator(torch_device).manual_seed(seed) if vae_sample else None
         result = pipeline(
-            _to_tensor(rgb).to(torch_device),
-            _to_tensor(disparity).to(torch_device),
+            to_tensor(rgb).to(torch_device),
+            _plane(disparity).to(torch_device),
             d_f,
             aperture,
             mode="released" if released else "fast",
@@ -306,11 +319,9 @@ def _rescaled(
     return resize(loaded.rgb, method), alpha, resize(disparity, cv2.INTER_LINEAR)
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    """``H×W`` or ``H×W×C`` → ``1×C×H×W`` float32."""
-    if array.ndim == 2:
-        array = array[..., None]
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)[None]
+def _plane(array: np.ndarray) -> torch.Tensor:
+    """``H×W`` array → ``1×1×H×W`` float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
 
 
 __all__ = ["RenderResult", "render", "select_engine", "FocusSpec"]

@@ -10,24 +10,25 @@ import importlib
 
 from magicbokeh.errors import MagicBokehError
 
-__all__ = ["EXTRAS", "MissingExtra", "install_hint", "require"]
+__all__ = ["EXTRAS", "LEARNED_ENGINE", "MissingExtra", "install_hint", "missing", "require"]
 
-#: extra → the import names it provides (what ``pip install "magicbokeh[extra]"`` brings).
+#: extra → the import names it provides (what ``pip install "magicbokeh[extra]"`` brings),
+#: dependencies before their dependents, so a check names the package that is really missing.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "diffusion": (
+        "safetensors",
+        "huggingface_hub",
+        "accelerate",
         "diffusers",
         "transformers",
         "peft",
-        "safetensors",
-        "accelerate",
-        "huggingface_hub",
     ),
     "train": (
+        "safetensors",
+        "accelerate",
         "diffusers",
         "transformers",
         "peft",
-        "safetensors",
-        "accelerate",
         "tensorboard",
         "yaml",
     ),
@@ -36,6 +37,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "video": ("imageio", "imageio_ffmpeg"),
     "exr": ("OpenEXR",),
 }
+
+#: What the learned engine imports to run (a subset of the ``diffusion`` extra).
+LEARNED_ENGINE = ("safetensors", "diffusers", "peft")
 
 
 class MissingExtra(MagicBokehError):
@@ -47,17 +51,26 @@ def install_hint(extra: str) -> str:
     return f'pip install "magicbokeh[{extra}]"'
 
 
-def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
-    """Raise :class:`MissingExtra` unless every module of ``extra`` (or ``modules``) imports.
+def missing(extra: str, modules: tuple[str, ...] | None = None) -> str | None:
+    """The first module of ``extra`` (or of ``modules``) that does not import, else None.
 
-    ``what`` names the feature for the message, e.g. ``"the learned engine"``.
+    When a module fails because a package it needs is missing, that package is named.
     """
     if extra not in EXTRAS:
         raise KeyError(f"unknown extra {extra!r}")
     for name in modules if modules is not None else EXTRAS[extra]:
         try:
             importlib.import_module(name)
-        except ImportError:
-            raise MissingExtra(
-                f"{what} needs the optional package '{name}': {install_hint(extra)}"
-            ) from None
+        except ImportError as error:
+            return (error.name or name).split(".")[0]
+    return None
+
+
+def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
+    """Raise :class:`MissingExtra` unless every module of ``extra`` (or ``modules``) imports.
+
+    ``what`` names the feature for the message, e.g. ``"the learned engine"``.
+    """
+    name = missing(extra, modules)
+    if name is not None:
+        raise MissingExtra(f"{what} needs the optional package '{name}': {install_hint(extra)}")

@@ -21,7 +21,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from magicbokeh.errors import MagicBokehError
 
@@ -201,6 +200,8 @@ def auto_focus_region(disparity: np.ndarray) -> np.ndarray:
     camera) are down-weighted by half. The best candidate wins; if none qualifies, the central
     third of the image is used.
     """
+    from scipy import ndimage  # only here: keeps `import magicbokeh.api` light
+
     d = ndimage.median_filter(np.asarray(disparity, dtype=np.float32), size=5)
     height, width = d.shape
     yy, xx = np.mgrid[0:height, 0:width]

@@ -9,20 +9,23 @@ same files, so an offline machine can install from a copied folder:
   ``DAdepth.pth`` (the degradation-aware Depth Anything V2 Large).
 
 The converted model goes to ``<model home>/magicbokeh`` (``network/`` + ``depth/``), written to
-a temporary folder first and moved into place only when complete.
+a temporary folder first and moved into place only when complete (see
+:func:`magicbokeh.model.official.convert_official`).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import require
+
+if TYPE_CHECKING:  # kept out of module imports so that `magicbokeh download --help` is fast
+    import torch
+
+__all__ = ["DEFAULT_BASE_REPO", "DEFAULT_RELEASE_REPO", "fetch", "install"]
 
 DEFAULT_BASE_REPO = "Manojb/stable-diffusion-2-1-base"
 DEFAULT_RELEASE_REPO = "LinxiaoShi/Magicbokeh"
@@ -53,12 +56,9 @@ def fetch(source: str, filenames: Sequence[str], cache_dir: Path | None = None) 
                 f"{folder} lacks {', '.join(missing)}: copy the complete repository there"
             )
         return folder
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise MagicBokehError(
-            "downloading needs huggingface_hub: pip install 'magicbokeh[diffusion]'"
-        ) from None
+    require("diffusion", "downloading from the Hugging Face Hub", ("huggingface_hub",))
+    from huggingface_hub import snapshot_download
+
     try:
         return Path(snapshot_download(source, allow_patterns=list(filenames), cache_dir=cache_dir))
     except Exception as error:  # network, authentication and missing-repository errors
@@ -91,38 +91,19 @@ def install(
     release_files = (LORA_FILE, DEPTH_FILE) if depth else (LORA_FILE,)
     release_dir = fetcher(release, release_files, cache_dir)
     home.mkdir(parents=True, exist_ok=True)
-    with staged_folder(target, overwrite=overwrite) as staging:
-        convert_official(
-            base_dir,
-            release_dir / LORA_FILE,
-            staging,
-            depth_pth=release_dir / DEPTH_FILE if depth else None,
-            torch_dtype=dtype,
-        )
-    return target
+    return convert_official(
+        base_dir,
+        release_dir / LORA_FILE,
+        target,
+        depth_pth=release_dir / DEPTH_FILE if depth else None,
+        torch_dtype=dtype,
+        overwrite=overwrite,
+    )
 
 
-@contextmanager
-def staged_folder(target: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Build a folder under a temporary name beside ``target``; move it into place on success.
+def __getattr__(name: str) -> object:
+    if name == "staged_folder":  # its home is magicbokeh.io.atomic
+        from magicbokeh.io.atomic import staged_folder
 
-    On any error the temporary folder is removed and ``target`` is left as it was.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise MagicBokehError(f"{target} already exists: pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
+        return staged_folder
+    raise AttributeError(f"module 'magicbokeh.install' has no attribute {name!r}")

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from magicbokeh.color_fix import COLOR_FIXES, adain_color_fix, apply_color_fix
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.focus import LEARNED_FOCUS_THRESHOLD, learned_defocus
+from magicbokeh.io.atomic import staged_folder
 from magicbokeh.model.network import NETWORK_SUBFOLDER, MagicBokehNetwork
 from magicbokeh.tiling import TILE_MULTIPLE, plan_tiles, reflect_pad
 
@@ -253,11 +254,17 @@ class MagicBokehPipeline:
         return cls(network).to(device=device, dtype=torch_dtype)
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``folder/network/`` and ``folder/magicbokeh.json``."""
+        """Write ``folder/network/`` and ``folder/magicbokeh.json``.
+
+        Both are staged in a temporary folder beside ``folder`` and moved in when complete
+        (other entries of ``folder``, such as ``depth/``, are kept), so an interrupted save
+        leaves no half-written model.
+        """
         folder = Path(folder)
-        self.network.save_pretrained(folder / NETWORK_SUBFOLDER)
-        manifest = {"format": "magicbokeh", "version": 1, "network": NETWORK_SUBFOLDER}
-        (folder / "magicbokeh.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        with staged_folder(folder, merge=True) as staging:
+            self.network.save_pretrained(staging / NETWORK_SUBFOLDER)
+            manifest = {"format": "magicbokeh", "version": 1, "network": NETWORK_SUBFOLDER}
+            (staging / "magicbokeh.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return folder
 
     @torch.no_grad()

@@ -26,13 +26,19 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from magicbokeh.extras import require
+
+    require("diffusion", "magicbokeh convert-official")
     from magicbokeh.api import DTYPES
-    from magicbokeh.install import staged_folder
     from magicbokeh.model.official import convert_official
 
-    with staged_folder(args.output, overwrite=args.overwrite) as staging:
-        convert_official(
-            args.base, args.lora, staging, depth_pth=args.depth, torch_dtype=DTYPES[args.dtype]
-        )
+    convert_official(
+        args.base,
+        args.lora,
+        args.output,
+        depth_pth=args.depth,
+        torch_dtype=DTYPES[args.dtype],
+        overwrite=args.overwrite,
+    )
     print(f"wrote {args.output}")
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def add_subparser(commands: argparse._SubParsersAction) -> None:
-    from magicbokeh.install import DEFAULT_BASE_REPO, DEFAULT_RELEASE_REPO
+    from magicbokeh.install import DEFAULT_BASE_REPO, DEFAULT_RELEASE_REPO  # light: no torch
 
     p = commands.add_parser(
         "download",
@@ -54,6 +54,9 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.lpips is not None or args.lpips_from:
         return run_lpips(args)
+    from magicbokeh.extras import require
+
+    require("diffusion", "magicbokeh download")
     from magicbokeh.api import DTYPES
     from magicbokeh.install import install
     from magicbokeh.runtime import model_home

@@ -13,13 +13,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from magicbokeh.errors import MagicBokehError
-from magicbokeh.focus import FocusSpec, parse_numbers
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported in the functions that use them: `render --help` stays light
+    from collections.abc import Callable
+    from concurrent.futures import Future
+
+    import numpy as np
+
     from magicbokeh.api import RenderResult
+    from magicbokeh.focus import FocusSpec
+    from magicbokeh.io.images import LoadedImage
     from magicbokeh.pipeline import MagicBokehPipeline
 
 #: Output extensions that keep 16 bits per channel when the input had them.
@@ -126,6 +130,8 @@ def add_subparser(commands: argparse._SubParsersAction) -> None:
 
 def focus_spec_from_args(args: argparse.Namespace) -> FocusSpec:
     """The focus spec named by the mutually exclusive ``--focus*`` options."""
+    from magicbokeh.focus import FocusSpec, parse_numbers
+
     if args.focus_box:
         return FocusSpec("box", box=parse_numbers(args.focus_box, 4, "--focus-box"))
     if args.focus_mask:
@@ -149,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
     if is_batch(args.input, args.output):
         return run_batch(args)
     args.input = args.input[0]
+    photo = _decode_in_background(args.input)  # overlaps loading torch and the engines
     check_outputs(args)
-    result = render_from_args(args, progress=not args.quiet)
+    result = render_from_args(args, photo=photo.result, progress=not args.quiet)
     for warning in result.warnings:
         if not args.quiet or warning.startswith("no depth"):
             print(f"warning: {warning}", file=sys.stderr)
@@ -167,17 +174,23 @@ def render_from_args(
     args: argparse.Namespace,
     *,
     pipeline: MagicBokehPipeline | None = None,
+    photo: Callable[[], LoadedImage] | None = None,
     progress: bool = False,
 ) -> RenderResult:
-    """Render ``args.input`` with the command's options; ``pipeline``: a loaded learned one."""
+    """Render ``args.input`` with the command's options.
+
+    ``pipeline``: a loaded learned one to reuse; ``photo``: returns the decoded input (e.g. a
+    background decode's ``Future.result``), instead of reading ``args.input`` here.
+    """
     from magicbokeh.api import render
+    from magicbokeh.focus import parse_numbers
     from magicbokeh.optics import Aperture
     from magicbokeh.optics.render import DEFAULT_HIGHLIGHT
 
     chromatic = parse_numbers(args.chromatic, 3, "--chromatic") if args.chromatic else None
     spec = focus_spec_from_args(args)
     return render(
-        args.input,
+        args.input if photo is None else photo(),
         depth=args.depth,
         focus=spec,
         aperture=args.aperture,
@@ -201,6 +214,25 @@ def render_from_args(
         seed=args.seed,
         progress=progress,
     )
+
+
+def _decode_in_background(path: Path) -> Future:
+    """Start decoding the photo in a worker thread; its result (or error) waits in the future.
+
+    Decoding needs neither torch nor the engines, so it runs while they are imported.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decode() -> LoadedImage:
+        from magicbokeh.io.images import load_image
+
+        return load_image(path)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="magicbokeh-decode")
+    try:
+        return pool.submit(decode)
+    finally:
+        pool.shutdown(wait=False)  # the submitted decode still runs
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -251,6 +283,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     inputs = [args.input, args.focus_mask]
     if args.depth not in ("auto", "embedded", "heuristic"):
         inputs.append(Path(args.depth))
+        if Path(args.depth).suffix.lower() == ".exr":
+            from magicbokeh.io.depth_files import _openexr
+
+            _openexr()
     for path in inputs:
         if path is not None and path.expanduser().resolve() in resolved:
             raise MagicBokehError(f"an output would replace the input {path}: choose another path")
@@ -260,6 +296,8 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def write_outputs(args: argparse.Namespace, result: RenderResult) -> None:
     """Write the image, the optional maps and the sidecar: all of them, or none."""
+    import numpy as np
+
     from magicbokeh.io import atomic_write, save_depth, save_image, write_sidecar
 
     bit_depth = (
@@ -309,6 +347,8 @@ def _absolute(path: Path | None) -> str | None:
 
 def _save_defocus(path: Path, radius: np.ndarray, aperture: float, overwrite: bool) -> Path:
     """Radius in pixels for float formats; ``|d − d_f|`` (= radius / K) for 16-bit PNG."""
+    import numpy as np
+
     from magicbokeh.io import save_depth
 
     if path.suffix.lower() == ".png":

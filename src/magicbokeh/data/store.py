@@ -64,11 +64,6 @@ def encode_rgb(rgb: np.ndarray) -> bytes:
     return _encode(np.ascontiguousarray(codes[..., ::-1]))
 
 
-def encode_disparity(disparity: np.ndarray) -> bytes:
-    """``H×W`` disparity in [0, 1] → 16-bit gray PNG bytes."""
-    return _encode(np.rint(np.clip(disparity, 0.0, 1.0) * 65535.0).astype(np.uint16))
-
-
 def encode_mask(mask: np.ndarray) -> bytes:
     """``H×W`` mask in {0, 1} → 8-bit gray PNG bytes (0 or 255)."""
     return _encode(np.where(np.asarray(mask) > 0.5, 255, 0).astype(np.uint8))

@@ -54,7 +54,6 @@ from magicbokeh.data.store import (
     FORMAT,
     FORMAT_VERSION,
     DatasetStore,
-    encode_disparity,
     encode_mask,
     encode_rgb,
     read_gray,
@@ -63,6 +62,7 @@ from magicbokeh.data.store import (
 from magicbokeh.degrade.pipeline import DegradationConfig, degrade, minimum_hr_size
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.focus import focus_mask
+from magicbokeh.io.depth_files import encode_disparity
 from magicbokeh.io.images import READ_SUFFIXES, load_image, save_image
 from magicbokeh.io.sidecar import package_versions
 from magicbokeh.optics.color import linear_to_srgb

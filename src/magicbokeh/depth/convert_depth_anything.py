@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import require
 
 if TYPE_CHECKING:
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
@@ -383,6 +384,7 @@ def load_original_model(
 
     The architecture comes from ``config`` if given, else from ``size`` or the tensor shapes.
     """
+    require("diffusion", "the Depth Anything depth model", ("transformers",))
     state_dict = load_original_state_dict(path)
     if config is None:
         config = make_config(size or infer_size(state_dict), state_dict)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import require
 
 if TYPE_CHECKING:
     from transformers import DepthAnythingForDepthEstimation
@@ -230,13 +231,8 @@ def load_depth_anything_model(name_or_path: str | Path) -> DepthAnythingForDepth
     ``name_or_path`` is a Hugging Face Hub id, a local transformers folder, or an original-format
     Depth Anything V2 checkpoint file (``.pth``/``.pt``/``.ckpt``, e.g. ``DAdepth.pth``).
     """
-    try:
-        from transformers import AutoConfig, DepthAnythingForDepthEstimation
-    except ImportError as error:
-        raise MagicBokehError(
-            "Depth Anything needs transformers; "
-            "install it with `pip install 'magicbokeh[diffusion]'`"
-        ) from error
+    require("diffusion", "the Depth Anything depth model", ("transformers",))
+    from transformers import AutoConfig, DepthAnythingForDepthEstimation
 
     path = Path(str(name_or_path)).expanduser()
     if path.suffix.lower() in ORIGINAL_SUFFIXES:

@@ -25,7 +25,9 @@ import torch
 
 from magicbokeh.depth.heuristic import heuristic_disparity
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import require
 from magicbokeh.io import load_depth, match_depth_to_image, read_embedded_depth
+from magicbokeh.io.depth_files import check_disparity
 from magicbokeh.runtime import DEPTH_MODEL_DIRS, installed_model
 
 HEURISTIC_WARNING = (
@@ -62,7 +64,7 @@ def resolve_depth(
     if isinstance(depth, np.ndarray | torch.Tensor):
         array = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else depth
         array = np.squeeze(np.asarray(array, dtype=np.float32))
-        _check_array(array)
+        check_disparity(array)
         if kind == "depth":
             raise MagicBokehError(
                 "depth arrays must be disparity in [0, 1]: convert with 1/depth and normalise"
@@ -89,26 +91,11 @@ def resolve_depth(
     path = Path(str(depth))
     disparity = load_depth(path, kind=kind, normalize=normalize)
     if not normalize:
-        _check_array(disparity)
+        check_disparity(disparity, f"depth file {path}")
     return ResolvedDepth(
         match_depth_to_image(disparity, height, width, source=path.name),
         f"file:{path.expanduser().resolve()}",
     )
-
-
-def _check_array(array: np.ndarray) -> None:
-    if array.ndim != 2:
-        raise MagicBokehError(f"a depth array must be H×W, got shape {array.shape}")
-    bad = int((~np.isfinite(array)).sum())
-    if bad:
-        raise MagicBokehError(
-            f"the depth array has {bad} NaN/inf values: fill them (e.g. nearest valid value) first"
-        )
-    if array.min() < 0.0 or array.max() > 1.0:
-        raise MagicBokehError(
-            f"disparity must lie in [0, 1] (got {array.min():g}..{array.max():g}): "
-            "normalise it to [0, 1] first"
-        )
 
 
 def _embedded(image_path: str | Path | None) -> np.ndarray | None:
@@ -120,6 +107,7 @@ def _learned(rgb: np.ndarray, device: torch.device | None) -> ResolvedDepth | No
         folder = installed_model(name)
         if folder is None:
             continue
+        require("diffusion", f"the installed depth model ({folder})", ("transformers",))
         from magicbokeh.depth.depth_anything import DepthAnythingEstimator
 
         estimator = DepthAnythingEstimator.from_pretrained(folder, device=device)

@@ -1,8 +1,9 @@
-"""Safe output paths: check early, write to a temporary file, then move into place.
+"""Safe output paths: check early, write to a temporary file or folder, then move into place.
 
-Every file magicbokeh writes goes through :func:`atomic_write`, so an interrupted or failed
-run never leaves a partial file under the final name, and an existing file is only replaced
-when the caller asked for it (``overwrite=True``, the CLI's ``--overwrite``).
+Every file magicbokeh writes goes through :func:`atomic_write`, and every folder (model
+folders, conversions) through :func:`staged_folder`, so an interrupted or failed run never
+leaves a partial file or half a folder under the final name, and existing outputs are only
+replaced when the caller asked for it (``overwrite=True``, the CLI's ``--overwrite``).
 
 Call :func:`ensure_writable` before expensive work (model loading, rendering) so that a bad
 output path fails in a second rather than after minutes of compute.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,13 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_write", "ensure_writable", "folder_lock"]
+__all__ = [
+    "atomic_write",
+    "ensure_folder_writable",
+    "ensure_writable",
+    "folder_lock",
+    "staged_folder",
+]
 
 LOCK_NAME = ".lock"
 
@@ -172,3 +180,73 @@ def folder_lock(folder: str | os.PathLike[str], busy_message: str) -> Iterator[N
         finally:
             if fcntl is not None:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_folder_writable(folder: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Check, before any work, that a folder can be written at ``folder``; returns the path.
+
+    Raises:
+        MagicBokehError: ``folder`` is a file, or a non-empty folder and ``overwrite`` is False.
+    """
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise MagicBokehError(f"{path} is a file; give the path of a folder to write")
+    if path.is_dir() and not overwrite and any(path.iterdir()):
+        raise MagicBokehError(
+            f"{path} already exists: pass --overwrite (overwrite=True) to replace it or "
+            "choose another folder"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def staged_folder(
+    target: str | os.PathLike[str], *, overwrite: bool = False, merge: bool = False
+) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; move its content into place on success.
+
+    Two ways to land:
+
+    - ``merge=False`` (a whole folder, e.g. a converted model): ``target`` must not exist, be
+      an empty folder, or ``overwrite`` must be set; the staged folder is renamed to
+      ``target`` (an existing one is replaced as a whole).
+    - ``merge=True`` (``save_pretrained``): each staged entry replaces the entry of the same
+      name in ``target``; other entries of ``target`` are kept, as savers in the Hugging Face
+      ecosystem do. Only the renames happen in ``target``, never the writing.
+
+    On any exception (including ``KeyboardInterrupt``) the temporary folder is removed and
+    ``target`` is left as it was.
+
+    Raises:
+        MagicBokehError: ``target`` is a file, or (``merge=False``) a non-empty folder and
+            ``overwrite`` is False.
+    """
+    folder = ensure_folder_writable(target, overwrite=overwrite or merge)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield staging
+        if merge and folder.is_dir():
+            for entry in sorted(staging.iterdir()):
+                _replace(entry, folder / entry.name)
+            staging.rmdir()
+        else:
+            _replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; an existing ``target`` (file or folder) is replaced."""
+    if not target.is_dir() or target.is_symlink():
+        os.replace(source, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, old / target.name)
+    try:
+        os.replace(source, target)
+    except BaseException:
+        os.replace(old / target.name, target)  # put the old one back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -37,16 +37,20 @@ import numpy as np
 import tifffile
 
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.extras import require
 from magicbokeh.io.atomic import atomic_write
 
 __all__ = [
     "DEPTH_READ_EXTENSIONS",
     "DEPTH_WRITE_EXTENSIONS",
+    "check_disparity",
     "depth_to_disparity",
+    "encode_disparity",
     "load_depth",
     "match_depth_to_image",
     "normalize_disparity",
     "read_pfm",
+    "require_finite",
     "save_depth",
     "write_pfm",
 ]
@@ -96,7 +100,7 @@ def load_depth(
             f"{suffix} depth map, re-export it"
         ) from None
     values = _as_plane(values, file)
-    _require_finite(values, f"depth file {file}")
+    require_finite(values, f"depth file {file}")
     if kind == "depth":
         values = depth_to_disparity(values, source=f"depth file {file}")
     return normalize_disparity(values) if normalize else values.astype(np.float32)
@@ -121,20 +125,44 @@ def depth_to_disparity(depth: np.ndarray, *, source: str = "depth map") -> np.nd
 
 def normalize_disparity(disparity: np.ndarray) -> np.ndarray:
     """Min-max normalise to [0, 1] as float32; a constant map becomes all zeros."""
-    values = np.asarray(disparity, dtype=np.float64)
+    values = np.array(disparity, dtype=np.float64)  # a copy, normalised in place
     low, high = float(values.min()), float(values.max())
     if not high > low:
         return np.zeros(values.shape, dtype=np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
+    values -= low
+    values /= high - low
+    return values.astype(np.float32)
 
 
-def _require_finite(values: np.ndarray, source: str) -> None:
+def require_finite(values: np.ndarray, source: str) -> None:
+    """Raise :class:`MagicBokehError` naming ``source`` if ``values`` hold NaN or infinity."""
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
         raise MagicBokehError(
             f"{source} has {bad} values that are not finite (NaN or inf) of {values.size}; "
-            "fill them (e.g. with the nearest valid value) and save the map again"
+            "fill them first (e.g. with the nearest valid value)"
         )
+
+
+def check_disparity(values: np.ndarray, source: str = "the depth array") -> None:
+    """Raise :class:`MagicBokehError` unless ``values`` is ``H×W``, finite and in [0, 1]."""
+    if values.ndim != 2:
+        raise MagicBokehError(f"{source} must be H×W, got shape {values.shape}")
+    require_finite(values, source)
+    if values.min() < 0.0 or values.max() > 1.0:
+        raise MagicBokehError(
+            f"{source} is disparity and must lie in [0, 1] (got {values.min():g}.."
+            f"{values.max():g}): normalise it to [0, 1] first"
+        )
+
+
+def encode_disparity(disparity: np.ndarray) -> bytes:
+    """``H×W`` disparity in [0, 1] → 16-bit gray PNG bytes, code ``round(d·65535)`` (clipped)."""
+    codes = np.rint(np.clip(disparity, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    ok, encoded = cv2.imencode(".png", codes)
+    if not ok:
+        raise MagicBokehError("could not encode the disparity map as PNG")
+    return encoded.tobytes()
 
 
 def _as_plane(values: np.ndarray, file: Path) -> np.ndarray:
@@ -195,13 +223,9 @@ def _read_tiff(file: Path) -> np.ndarray:
 
 def _openexr() -> ModuleType:
     """The optional OpenEXR module, or an error that says how to install it."""
-    try:
-        import OpenEXR
-    except ImportError:
-        raise MagicBokehError(
-            "EXR depth files need the OpenEXR package; install it with "
-            "`pip install magicbokeh[exr]` or use .npy/.tif/.pfm"
-        ) from None
+    require("exr", "EXR depth files (or use .npy/.tif/.pfm)")
+    import OpenEXR
+
     return OpenEXR
 
 
@@ -330,7 +354,7 @@ def save_depth(
     values = np.asarray(disparity, dtype=np.float32)
     if values.ndim != 2 or values.size == 0:
         raise MagicBokehError(f"a depth map to save must be H×W, not {values.shape}")
-    _require_finite(values, "the depth map to save")
+    require_finite(values, "the depth map to save")
     if suffix == ".png" and (values.min() < 0 or values.max() > 1):
         raise MagicBokehError(
             f"a 16-bit PNG stores values in [0, 1] but this map spans "
@@ -341,11 +365,7 @@ def save_depth(
             with open(temporary, "wb") as handle:
                 np.save(handle, values, allow_pickle=False)
         elif suffix == ".png":
-            codes = np.rint(values * 65535.0).astype(np.uint16)
-            ok, encoded = cv2.imencode(".png", codes)
-            if not ok:
-                raise MagicBokehError(f"could not encode {target} as PNG")
-            temporary.write_bytes(encoded.tobytes())
+            temporary.write_bytes(encode_disparity(values))
         elif suffix in (".tif", ".tiff"):
             tifffile.imwrite(temporary, values, photometric="minisblack", compression="zlib")
         elif suffix == ".exr":

@@ -34,16 +34,19 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pillow_heif
 import tifffile
-import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io.atomic import atomic_write
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so decoding needs no torch
+    import torch
 
 __all__ = [
     "MAX_PIXELS",
@@ -60,6 +63,15 @@ __all__ = [
 MAX_PIXELS = 200_000_000
 """Default largest image :func:`load_image` accepts: 200 megapixels (2.4 GB as float32 RGB).
 The environment variable ``MAGICBOKEH_MAX_PIXELS`` overrides it."""
+
+#: Lossless encoder settings, chosen by measurement (``benchmarks/bench_render_command.py``,
+#: docs/benchmarks_physical.md): 8-bit PNG with zlib's run-length strategy after PNG's
+#: per-row filters is 4-7x faster than Pillow's default (level 6) and within a few percent of
+#: its size (often smaller on photos); TIFF with the horizontal predictor and zlib level 1 is
+#: faster and smaller than plain zlib.
+PNG_ZLIB_LEVEL = 1
+PNG_ZLIB_STRATEGY = zlib.Z_RLE
+TIFF_ZLIB_LEVEL = 1
 
 SUPPORTED_READ = "JPEG, PNG, TIFF, WebP, HEIC/HEIF"
 SUPPORTED_WRITE = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
@@ -377,18 +389,15 @@ def _decode_pil(pil: Image.Image) -> tuple[np.ndarray, int]:
     if mode == "F":
         return np.asarray(pil, dtype=np.float32), 16
     has_alpha = "A" in pil.getbands() or "a" in mode or "transparency" in pil.info
-    converted = pil.convert("RGBA" if has_alpha else "RGB")
-    return np.asarray(converted), 8
+    wanted = "RGBA" if has_alpha else "RGB"
+    return np.asarray(pil if mode == wanted else pil.convert(wanted)), 8
 
 
 def _split_channels(pixels: np.ndarray, file: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Integer or float pixels (``H×W``, ``H×W×{1,2,3,4}``) → RGB and alpha in [0, 1]."""
-    if pixels.dtype == np.uint8:
-        values = pixels.astype(np.float32) / np.float32(255)
-    elif pixels.dtype == np.uint16:
-        values = pixels.astype(np.float32) / np.float32(65535)
-    elif pixels.dtype.kind in "iu":
-        values = pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+    if pixels.dtype.kind in "iu":
+        values = pixels.astype(np.float32)  # one image-sized copy, scaled in place
+        values /= np.float32(np.iinfo(pixels.dtype).max)
     else:
         values = pixels.astype(np.float32)
         bad = int(np.count_nonzero(~np.isfinite(values)))
@@ -463,7 +472,9 @@ def save_image(
     pixels = rgb if alpha is None else np.concatenate([rgb, alpha[:, :, None]], axis=2)
     scale = 255.0 if bit_depth == 8 else 65535.0
     dtype = np.uint8 if bit_depth == 8 else np.uint16
-    codes = np.rint(np.clip(pixels, 0.0, 1.0) * scale).astype(dtype)
+    scaled = np.clip(pixels, 0.0, 1.0)  # a new array: the caller's stays as it is
+    scaled *= scale
+    codes = np.rint(scaled, out=scaled).astype(dtype)
 
     with atomic_write(target, overwrite=overwrite) as temporary:
         if suffix == ".png":
@@ -475,6 +486,8 @@ def save_image(
                 photometric="rgb",
                 extrasamples=("unassalpha",) if alpha is not None else None,
                 compression="zlib",
+                compressionargs={"level": TIFF_ZLIB_LEVEL},
+                predictor=True,  # horizontal differencing: smaller and faster to compress
                 iccprofile=icc_profile,
             )
         else:
@@ -507,7 +520,13 @@ def _write_png(file: Path, codes: np.ndarray, icc_profile: bytes | None) -> None
     if codes.dtype == np.uint8:
         mode = "RGBA" if codes.shape[2] == 4 else "RGB"
         options = {"icc_profile": icc_profile} if icc_profile else {}
-        Image.fromarray(codes, mode).save(file, format="PNG", **options)
+        Image.fromarray(codes, mode).save(
+            file,
+            format="PNG",
+            compress_level=PNG_ZLIB_LEVEL,
+            compress_type=PNG_ZLIB_STRATEGY,  # Pillow's name for the zlib strategy
+            **options,
+        )
         return
     ok, encoded = cv2.imencode(".png", _bgr_to_rgb(codes))  # the same swap turns RGB into BGR
     if not ok:
@@ -530,17 +549,26 @@ def _insert_png_iccp(png: bytes, icc_profile: bytes) -> bytes:
 # Tensors
 
 
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """``H×W×3`` array → ``1×3×H×W`` float32 tensor on the CPU (values unchanged)."""
+def to_tensor(rgb: np.ndarray, *, view: bool = False) -> torch.Tensor:
+    """``H×W×3`` array → ``1×3×H×W`` float32 tensor on the CPU (values unchanged).
+
+    ``view=True`` shares the array's memory when it already is contiguous float32 (the tensor
+    then has channels-last strides), saving an image-sized copy.
+    """
+    import torch
+
     array = np.asarray(rgb)
     if array.ndim != 3 or array.shape[2] != 3:
         raise MagicBokehError(f"expected an H×W×3 image, got shape {array.shape}")
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return tensor.permute(2, 0, 1).unsqueeze(0).contiguous()
+    tensor = tensor.permute(2, 0, 1).unsqueeze(0)
+    return tensor if view else tensor.contiguous()
 
 
 def from_tensor(tensor: torch.Tensor) -> np.ndarray:
     """``1×3×H×W`` or ``3×H×W`` tensor → ``H×W×3`` float32 array (values unchanged)."""
+    import torch
+
     values = tensor.detach()
     if values.ndim == 4:
         if values.shape[0] != 1:

@@ -17,10 +17,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.controlnets.controlnet import ControlNetModel
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from magicbokeh.extras import LEARNED_ENGINE, require
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.controlnets.controlnet import ControlNetModel
+    from diffusers.models.modeling_utils import ModelMixin
+except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in RuntimeError
+    require("diffusion", "the learned engine", LEARNED_ENGINE)  # one line naming the extra
+    raise
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.model.unet import MagicBokehUNet, prune_cross_attention, time_embedding

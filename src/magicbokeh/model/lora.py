@@ -12,9 +12,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from magicbokeh.extras import LEARNED_ENGINE, require
+
+try:
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in RuntimeError
+    require("diffusion", "the learned engine", LEARNED_ENGINE)  # one line naming the extra
+    raise
 
 from magicbokeh.errors import MagicBokehError
 

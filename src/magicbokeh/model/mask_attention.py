@@ -18,8 +18,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
 from torch import nn
+
+from magicbokeh.extras import LEARNED_ENGINE, require
+
+try:
+    from diffusers.models.attention_processor import Attention
+except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in RuntimeError
+    require("diffusion", "the learned engine", LEARNED_ENGINE)  # one line naming the extra
+    raise
 
 from magicbokeh.errors import MagicBokehError
 

@@ -27,14 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
-from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+from magicbokeh.extras import LEARNED_ENGINE, require
+
+try:
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.modeling_utils import ModelMixin
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in RuntimeError
+    require("diffusion", "the learned engine", LEARNED_ENGINE)  # one line naming the extra
+    raise
 
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.io.atomic import staged_folder
 from magicbokeh.model.controlnet import MagicBokehControlNet
 from magicbokeh.model.lora import add_unet_sr_lora, add_vae_encoder_lora
 from magicbokeh.model.mask_attention import FocusMaskAttnProcessor, install_focus_attention
@@ -221,23 +229,25 @@ class MagicBokehNetwork(ModelMixin, ConfigMixin):
 
     # ---------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> Path:  # type: ignore[override]
-        """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` into the folder."""
+        """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` into the folder.
+
+        Both are written into a temporary folder beside it first and moved in when complete
+        (:func:`magicbokeh.io.atomic.staged_folder`, merging: other files in the folder are
+        kept), so an interrupted save leaves no half-written model.
+        """
         if self.sr_lora_merged:
             raise MagicBokehError(
                 "the SR LoRA is merged for inference; call unmerge_sr_lora() before saving, or "
                 "save a network loaded without merging"
             )
         folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp_weights = folder / (WEIGHTS_FILE + ".tmp")
-        save_file(state, str(tmp_weights), metadata={"format": "pt"})
-        tmp_weights.replace(folder / WEIGHTS_FILE)
         config = {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
         config["_class_name"] = type(self).__name__
-        tmp_config = folder / (CONFIG_FILE + ".tmp")
-        tmp_config.write_text(json.dumps(jsonable(config), indent=2, sort_keys=True) + "\n")
-        tmp_config.replace(folder / CONFIG_FILE)
+        with staged_folder(folder, merge=True) as staging:
+            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+            text = json.dumps(jsonable(config), indent=2, sort_keys=True) + "\n"
+            (staging / CONFIG_FILE).write_text(text)
         return folder
 
     @classmethod

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from magicbokeh.errors import MagicBokehError
+from magicbokeh.io.atomic import ensure_folder_writable, staged_folder
 from magicbokeh.model.controlnet import controlnet_kwargs_from_config
 from magicbokeh.model.network import (
     DOWNLOAD_HINT,
@@ -359,26 +360,37 @@ def convert_official(
     depth_pth: str | Path | None = None,
     depth_converter: DepthConverter | None = None,
     torch_dtype: torch.dtype | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Convert the released weights into ``out_dir`` (this package's format) and return it.
 
     Writes ``out_dir/network/`` (:meth:`MagicBokehNetwork.save_pretrained`) and
     ``out_dir/magicbokeh.json`` (what the folder holds). With ``depth_pth`` (``DAdepth.pth``) the
-    ``depth_converter(depth_pth, out_dir / "depth")`` hook converts the depth model; without a
-    hook, ``magicbokeh.depth.convert_depth_anything.convert_checkpoint`` is used.
+    ``depth_converter(depth_pth, folder / "depth")`` hook converts the depth model into the
+    folder being built (it lands as ``out_dir/depth``); without a hook,
+    ``magicbokeh.depth.convert_depth_anything.convert_checkpoint`` is used.
     ``torch_dtype`` sets the stored precision (default float32).
+
+    The folder is built under a temporary name beside ``out_dir`` and moved into place when
+    complete (:func:`magicbokeh.io.atomic.staged_folder`): an error or an interruption leaves
+    no half folder. An existing non-empty ``out_dir`` is replaced only with ``overwrite``.
     """
-    out_dir = Path(out_dir)
+    out_dir = ensure_folder_writable(out_dir, overwrite=overwrite)
     net = network_from_official(base_dir, lora_pkl, torch_dtype=torch_dtype)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    net.save_pretrained(out_dir / NETWORK_SUBFOLDER)
-    manifest: dict[str, Any] = {"format": "magicbokeh", "version": 1, "network": NETWORK_SUBFOLDER}
-    if depth_pth is not None:
-        if depth_converter is None:
-            depth_converter = _default_depth_converter()
-        depth_converter(Path(depth_pth), out_dir / "depth")
-        manifest["depth"] = "depth"
-    (out_dir / "magicbokeh.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    with staged_folder(out_dir, overwrite=overwrite) as staging:
+        net.save_pretrained(staging / NETWORK_SUBFOLDER)
+        manifest: dict[str, Any] = {
+            "format": "magicbokeh",
+            "version": 1,
+            "network": NETWORK_SUBFOLDER,
+        }
+        if depth_pth is not None:
+            if depth_converter is None:
+                depth_converter = _default_depth_converter()
+            depth_converter(Path(depth_pth), staging / "depth")
+            manifest["depth"] = "depth"
+        (staging / "magicbokeh.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir
 
 

@@ -18,11 +18,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from magicbokeh.extras import LEARNED_ENGINE, require
+
+try:
+    from diffusers import UNet2DConditionModel
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.modeling_utils import ModelMixin
+except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in RuntimeError
+    require("diffusion", "the learned engine", LEARNED_ENGINE)  # one line naming the extra
+    raise
 
 from magicbokeh.errors import MagicBokehError
 

@@ -1,4 +1,4 @@
-"""Building blocks of the layered renderer: kernel convolution, resampling, background fill.
+"""Building blocks of the layered renderer: convolution, resampling, fill, border mirroring.
 
 All functions take ``1xCxHxW`` float tensors (premultiplied colour channels followed by one
 alpha/weight channel where stated) and work on any torch device.
@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DIRECT_MAX_SIZE = 13  # kernels up to this width are applied directly, larger ones by FFT
+# Widest kernels applied directly (wider ones by FFT): on the CPU FFT wins from 13 px on.
+DIRECT_MAX_SIZE = 11
+DIRECT_MAX_SIZE_ACCELERATOR = 26
 
 
 def convolve(planes: Tensor, kernel: Tensor) -> Tensor:
@@ -25,9 +27,10 @@ def convolve(planes: Tensor, kernel: Tensor) -> Tensor:
     if size == 1:
         return planes * kernel.reshape(())
     channels = planes.shape[1]
-    if size <= DIRECT_MAX_SIZE or planes.device.type != "cpu" and size <= 2 * DIRECT_MAX_SIZE:
+    cpu = planes.device.type == "cpu"
+    if size <= (DIRECT_MAX_SIZE if cpu else DIRECT_MAX_SIZE_ACCELERATOR):
         weight = kernel.flip(0, 1).expand(channels, 1, size, size).to(planes.dtype)
-        if planes.device.type == "cpu":
+        if cpu:
             planes = planes.contiguous(memory_format=torch.channels_last)
         out = F.conv2d(planes, weight, padding=size // 2, groups=channels)
         return out.contiguous()
@@ -78,22 +81,34 @@ def upsample(planes: Tensor, factor: int) -> Tensor:
     return F.interpolate(planes, scale_factor=factor, mode="bilinear", align_corners=False)
 
 
-def push_pull_fill(planes: Tensor, levels: int) -> tuple[Tensor, Tensor]:
-    """Extend premultiplied colour into empty areas by push-pull over ``levels`` octaves.
+def push_pull_fill(planes: Tensor, levels: int, hidden: Tensor) -> Tensor:
+    """Extend premultiplied colour into the ``hidden`` area by push-pull over ``levels`` octaves.
 
-    ``planes`` is ``1x(C+1)xHxW``: premultiplied colour then a weight in [0, 1]; H and W are
-    multiples of ``2**levels``. Returns ``(colour, confidence)``: the normalised colour
-    (CxHxW-shaped, meaningful where confidence > 0) of the nearest content within about
-    ``2**levels`` pixels, and the filled weight in [0, 1] (1 inside the content, falling off
-    with distance, 0 where no content is within reach).
+    ``planes`` is ``1x(C+1)xHxW``: premultiplied colour then a weight in [0, 1]; ``hidden``
+    (``1x1xHxW``, in [0, 1]) is how much of each pixel lies behind nearer content; H and W are
+    multiples of ``2**levels``. The pull fills every pixel with the premultiplied colour of the
+    nearest content within about ``2**levels`` pixels, with a weight that falls off with
+    distance (0 where no content is within reach); returns ``planes + hidden * filled``.
     """
     pyramid = [planes]
     for _ in range(levels):
         pyramid.append(F.avg_pool2d(pyramid[-1], 2))
     filled = pyramid[-1]
-    for finer in reversed(pyramid[:-1]):
+    for finer in reversed(pyramid[1:-1]):
         coarse = F.interpolate(filled, scale_factor=2, mode="bilinear", align_corners=False)
         filled = finer + (1.0 - finer[:, -1:]) * coarse
-    weight = filled[:, -1:]
-    colour = filled[:, :-1] / weight.clamp_min(1e-12)
-    return colour, weight.clamp(0.0, 1.0)
+    coarse = F.interpolate(filled, scale_factor=2, mode="bilinear", align_corners=False)
+    # planes + hidden * (planes + (1 - weight) * coarse), with fewer full-size temporaries.
+    out = planes * (1.0 + hidden)
+    return out.addcmul_(coarse, hidden * (1.0 - planes[:, -1:]))
+
+
+def reflect_index(index: Tensor, length: int) -> Tensor:
+    """Mirror integer positions into ``[0, length)``: whole-sample symmetric reflection.
+
+    Position ``-1`` maps to ``0``, ``length`` to ``length - 1``, and so on periodically
+    (period ``2*length``), as if the image continued as its mirror image beyond each edge.
+    """
+    period = 2 * length
+    folded = index.remainder(period)
+    return torch.where(folded >= length, period - 1 - folded, folded)

@@ -7,7 +7,6 @@ segment), so the maps are monotone and invert each other on the whole real line.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 _ENCODED_KNEE = 0.04045
@@ -19,11 +18,11 @@ _OFFSET = 0.055
 
 def srgb_to_linear(x: Tensor) -> Tensor:
     """Decode sRGB-encoded values in [0, 1] to linear light in [0, 1] (exact piecewise curve)."""
-    curved = ((x.clamp_min(_ENCODED_KNEE) + _OFFSET) / (1.0 + _OFFSET)).pow(_GAMMA)
-    return torch.where(x <= _ENCODED_KNEE, x / _SLOPE, curved)
+    curved = x.clamp_min(_ENCODED_KNEE).add_(_OFFSET).div_(1.0 + _OFFSET).pow_(_GAMMA)
+    return curved.where(x > _ENCODED_KNEE, x / _SLOPE)
 
 
 def linear_to_srgb(x: Tensor) -> Tensor:
     """Encode linear light in [0, 1] to sRGB-encoded values in [0, 1] (exact piecewise curve)."""
-    curved = (1.0 + _OFFSET) * x.clamp_min(_LINEAR_KNEE).pow(1.0 / _GAMMA) - _OFFSET
-    return torch.where(x <= _LINEAR_KNEE, x * _SLOPE, curved)
+    curved = x.clamp_min(_LINEAR_KNEE).pow_(1.0 / _GAMMA).mul_(1.0 + _OFFSET).sub_(_OFFSET)
+    return curved.where(x > _LINEAR_KNEE, x * _SLOPE)

@@ -24,8 +24,8 @@ def boost_highlights(linear: Tensor, amount: float) -> Tensor:
     if amount <= 0:
         return linear
     gain = HIGHLIGHT_GAIN * amount
-    excess = (linear - HIGHLIGHT_KNEE).clamp_min(0.0) / (1.0 - HIGHLIGHT_KNEE)
-    return linear + gain * excess * excess
+    excess = (linear - HIGHLIGHT_KNEE).clamp_min_(0.0).div_(1.0 - HIGHLIGHT_KNEE)
+    return excess.square_().mul_(gain).add_(linear)
 
 
 def unboost_highlights(boosted: Tensor, amount: float) -> Tensor:
@@ -35,6 +35,7 @@ def unboost_highlights(boosted: Tensor, amount: float) -> Tensor:
     gain = HIGHLIGHT_GAIN * amount
     scale = 1.0 - HIGHLIGHT_KNEE
     # Solve v + g*((v - t)/s)**2 = y for v > t: with e = (v - t)/s, g*e**2 + s*e - (y - t) = 0.
-    over = (boosted - HIGHLIGHT_KNEE).clamp_min(0.0)
-    excess = 2.0 * over / (scale + (scale * scale + 4.0 * gain * over).sqrt())
-    return boosted.clamp_max(HIGHLIGHT_KNEE) + scale * excess
+    over = (boosted - HIGHLIGHT_KNEE).clamp_min_(0.0)
+    root = (over * (4.0 * gain)).add_(scale * scale).sqrt_()
+    excess = over.mul_(2.0 * scale).div_(root + scale)  # scale * e
+    return excess.add_(boosted.clamp_max(HIGHLIGHT_KNEE))

@@ -10,6 +10,10 @@ Soft membership: a pixel at coordinate ``u`` belongs fully to layer ``floor(u)``
 ``u - floor(u)`` to layer ``floor(u) + 1``. For back-to-front compositing layer ``l`` uses the
 matte ``m_l(u) = clamp(u - l + 1, 0, 1) * [u < l + 1]`` (cumulative form of the linear tent
 weights), so a surface between two layers is split smoothly and nothing bands or leaks.
+
+Occlusion: a layer is extended (filled) only under pixels at least ``OCCLUDER_STEP`` layers
+nearer, i.e. behind a depth step; along a continuous surface the next layer is the surface
+itself, and filling under it would only cost time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import Tensor
 
 LINEAR_LAYERS = 8
 GEOMETRIC_STEP = 1.0 / LINEAR_LAYERS
+OCCLUDER_STEP = 2  # layers nearer than this count as occluders (see :func:`layer_matte`)
 _LOG_RATIO = math.log1p(GEOMETRIC_STEP)
 
 
@@ -49,13 +54,21 @@ def layer_coordinate_scalar(radius: float) -> float:
     return math.copysign(value, radius)
 
 
-def layer_matte(u: Tensor, layer: int) -> tuple[Tensor, Tensor]:
-    """Matte of ``layer`` and its cumulative coverage for coordinates ``u`` (any shape).
+def layer_matte(
+    u: Tensor, layer: int, out: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Matte of ``layer`` and the area it lies hidden behind, for coordinates ``u`` (any shape).
 
-    Returns ``(matte, coverage)``: ``coverage = clamp(u - layer + 1, 0, 1)`` is the share of the
-    pixel at or in front of the layer, ``matte = coverage * [u < layer + 1]`` the share in the
-    layer itself; ``coverage - matte`` marks pixels in front of the layer (its hidden area).
+    Returns ``(matte, hidden)``: ``matte = clamp(u - layer + 1, 0, 1) * [u < layer + 1]`` is the
+    share of each pixel in the layer; ``hidden = [u >= layer + OCCLUDER_STEP]`` marks pixels of a
+    nearer surface that occludes the layer (a depth step of at least ``OCCLUDER_STEP`` layers;
+    the next layer of a continuous surface is the same surface, not an occluder). With ``out``
+    (two tensors shaped like ``u``) the results are written there (no autograd).
     """
-    coverage = (u - (layer - 1)).clamp_(0.0, 1.0)
-    matte = coverage * (u < layer + 1)
-    return matte, coverage
+    if out is None:
+        matte = (u - (layer - 1)).clamp(0.0, 1.0) * (u < layer + 1)
+        return matte, (u >= layer + OCCLUDER_STEP).to(u.dtype)
+    matte, hidden = out
+    torch.sub(u, layer - 1, out=matte).clamp_(0.0, 1.0).mul_(u < layer + 1)
+    torch.ge(u, layer + OCCLUDER_STEP, out=hidden)
+    return matte, hidden

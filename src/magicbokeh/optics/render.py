@@ -6,25 +6,33 @@ Pipeline for one image (see ``spec/physics.md``):
 2. map disparity to a continuous signed layer coordinate ``u`` (:mod:`.layers`): layers are
    about one pixel of blur radius apart, behind (negative) and in front of (positive) the
    focal plane;
-3. for each layer from far to near: take its soft matte, premultiply colour, extend the layer
-   into the area hidden behind nearer layers (push-pull fill from its visible neighbourhood,
-   so a semi-transparent blurred foreground edge reveals plausible background), blur colour
-   and alpha with the layer's own aperture kernel (scatter semantics) and composite it "over"
-   the layers behind it; finally normalise by the accumulated alpha;
+3. for each layer: take its soft matte, premultiply colour, extend the layer into the area
+   hidden behind nearer layers (push-pull fill from its visible neighbourhood, so a
+   semi-transparent blurred foreground edge reveals plausible background), blur colour and
+   alpha with the layer's own aperture kernel (scatter semantics) and composite the layers in
+   depth order with "over"; finally normalise by the accumulated alpha (:mod:`.stack`);
 4. undo the highlight lift and encode to sRGB.
 
-Speed: a layer of radius ``r`` is blurred at ``1/s`` resolution with ``s`` a power of two such
-that ``r/s`` lies in ``[LEVEL_RADIUS, 2*LEVEL_RADIUS)`` (``s = 1`` below ``2*LEVEL_RADIUS``), then
-upsampled bilinearly; each layer is cropped to the blocks where it is present; kernels up to
-13 px wide are applied directly, larger ones by FFT. Images larger than ``max_tile_pixels`` are
+Beyond the image border the scene continues as its mirror image, so a blurred layer touching
+the border stays opaque there.
+
+Speed: a layer of radius ``r`` is blurred and composited at ``1/s`` resolution with ``s`` a
+power of two such that ``r/s`` lies in ``[LEVEL_RADIUS, 2*LEVEL_RADIUS)`` (``s = 1`` below
+``2*LEVEL_RADIUS``); each layer is cropped to the blocks where it is present; kernels up to
+11 px wide are applied directly, larger ones by FFT. Images larger than ``max_tile_pixels`` are
 rendered in tiles whose overlap covers the largest blur and fill reach, and stitched; all crops
-are aligned to absolute image coordinates so tiles agree with the untiled render.
+are aligned to absolute image coordinates so tiles agree with the untiled render. On the CPU
+the tiles run side by side in ``torch.get_num_threads()`` worker threads with single-threaded
+torch ops (torch's intra-op thread count is 1 during the call and restored after): many small
+ops scale far better that way than split across threads, above all on a busy machine.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -32,22 +40,26 @@ from tqdm.auto import tqdm
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.optics.aperture import Aperture
-from magicbokeh.optics.blur import convolve, downsample, push_pull_fill, upsample
 from magicbokeh.optics.color import linear_to_srgb, srgb_to_linear
 from magicbokeh.optics.highlight import boost_highlights, unboost_highlights
 from magicbokeh.optics.layers import (
+    OCCLUDER_STEP,
     layer_coordinate,
     layer_coordinate_scalar,
-    layer_matte,
     layer_radius,
+)
+from magicbokeh.optics.stack import (
+    BLOCK,
+    LayerStack,
+    block_ranges,
+    layer_extent,
+    layer_margin,
+    level_factor,
 )
 
 DEFAULT_HIGHLIGHT = 0.5
 DEFAULT_MAX_TILE_PIXELS = 1 << 19  # tile size (halo included): fast and bounded memory
-LEVEL_RADIUS = 8.0
-BLOCK = 16
-CAT_EYE_ZONES = (-1.0, -0.5, 0.0, 0.5, 1.0)
-_TINY = 1e-12
+_BAND_ROWS = 128  # rows decoded to linear light at a time
 
 
 def render_physical(
@@ -98,17 +110,71 @@ def render_physical(
         )
         for tile in _tile_plan(height, width, scene.halo, tile_limit):
             jobs.append((b, scene, tile))
-    for b, scene, (y0, y1, x0, x1, core) in tqdm(jobs, disable=not progress, desc="bokeh"):
-        srgb = image[b, :, y0:y1, x0:x1].to(work_dtype).clamp(0.0, 1.0)
-        linear = boost_highlights(srgb_to_linear(srgb), highlight)
+
+    def render_job(job: tuple[int, _Scene, _Tile]) -> None:
+        b, scene, (y0, y1, x0, x1, core) = job
         depth = disparity[b, 0, y0:y1, x0:x1].to(work_dtype)
         cy0, cy1, cx0, cx1 = core
         local_core = (cy0 - y0, cy1 - y0, cx0 - x0, cx1 - x0)
-        rendered = scene.render_tile(linear, depth, (y0, x0), local_core, (height, width))
+        tile = linear[b, :, y0:y1, x0:x1]
+        rendered = scene.render_tile(tile, depth, (y0, x0), local_core, (height, width))
         kept = rendered[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
         encoded = linear_to_srgb(unboost_highlights(kept, highlight).clamp(0.0, 1.0))
         output[b, :, cy0:cy1, cx0:cx1] = encoded.to(image.dtype)
+
+    parallel = image.device.type == "cpu" and not (torch.is_grad_enabled() and image.requires_grad)
+    with _tile_workers(len(jobs) if parallel else 1) as run:
+        linear = _to_linear(image, work_dtype, highlight, run if parallel else None)
+        for _ in tqdm(run(render_job, jobs), total=len(jobs), disable=not progress, desc="bokeh"):
+            pass
     return output
+
+
+_Tile = tuple[int, int, int, int, tuple[int, int, int, int]]
+
+
+def _to_linear(image: Tensor, dtype: torch.dtype, highlight: float, run: Callable | None) -> Tensor:
+    """Boosted linear light of the batch; with ``run`` (a map) in row bands into one buffer,
+    so no image-sized temporaries are made (they cost more in page faults than in maths)."""
+    if run is None:
+        return boost_highlights(srgb_to_linear(image.to(dtype).clamp(0.0, 1.0)), highlight)
+    batch, _, height, _ = image.shape
+    linear = torch.empty(image.shape, dtype=dtype, device=image.device)
+
+    def decode(band: tuple[int, int, int]) -> None:
+        b, y0, y1 = band
+        srgb = image[b, :, y0:y1].to(dtype).clamp(0.0, 1.0)
+        linear[b, :, y0:y1] = boost_highlights(srgb_to_linear(srgb), highlight)
+
+    bands = [
+        (b, y, min(y + _BAND_ROWS, height))
+        for b in range(batch)
+        for y in range(0, height, _BAND_ROWS)
+    ]
+    for _ in run(decode, bands):
+        pass
+    return linear
+
+
+@contextmanager
+def _tile_workers(jobs: int) -> Iterator[Callable]:
+    """``map``-like runner over tiles: in ``torch.get_num_threads()`` threads on the CPU.
+
+    Tiles are independent, so running them side by side with single-threaded torch ops uses
+    the cores far better than splitting each small op across threads. The intra-op thread
+    count is set to 1 meanwhile and restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    workers = min(threads, jobs)
+    if workers <= 1:
+        yield map
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="magicbokeh-tile") as pool:
+            yield pool.map
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Scene:
@@ -150,7 +216,7 @@ class _Scene:
         reads the tile only within its own blur and fill reach of the core.
         """
         u = layer_coordinate(self.k_max * (disparity - self.focus))
-        lo, hi = _block_ranges(u)
+        lo, hi = block_ranges(u)
         present = [
             layer
             for layer in range(math.floor(float(u.min())), math.ceil(float(u.max())) + 1)
@@ -158,188 +224,26 @@ class _Scene:
         ]
         result = torch.empty_like(linear)
         for channels, scale in self.groups:
-            colour = _LayerStack(linear[channels], u, origin, image_size, self.shape)
+            stack = LayerStack(linear[channels], u, origin, image_size, self.shape)
             radii = [layer_radius(layer) * scale for layer in present]
-            for i, (layer, radius) in enumerate(zip(present, radii, strict=True)):
-                # Fill reach: the widest band a nearer blurred layer can make see-through.
-                reach = max(radii[i + 1 :], default=0.0)
+            jobs = []
+            for layer, radius in zip(present, radii, strict=True):
+                # Fill reach: the widest band an occluding blurred layer can make see-through.
+                occluders = [
+                    r for n, r in zip(present, radii, strict=True) if n >= layer + OCCLUDER_STEP
+                ]
+                reach = max(occluders, default=0.0)
                 reach = reach + 1.0 if reach >= 0.5 else 0.0
-                extent = _layer_extent(lo, hi, layer, core, _margin(radius, reach))
+                extent = layer_extent(lo, hi, layer, core, layer_margin(radius, reach))
                 if extent is not None:
-                    colour.add_layer(layer, radius, reach, extent)
-            result[channels] = colour.resolve()
+                    jobs.append((layer, radius, reach, extent))
+            # Behind the focal plane far to near, in front near to far: both coarse to fine.
+            behind = [job for job in jobs if job[0] <= 0]
+            front = [job for job in jobs if job[0] > 0]
+            for job in behind + front[::-1]:
+                stack.add_layer(*job)
+            result[channels] = stack.resolve()
         return result
-
-
-class _LayerStack:
-    """Back-to-front "over" accumulation of blurred layers for one tile and channel group."""
-
-    def __init__(
-        self,
-        linear: Tensor,
-        u: Tensor,
-        origin: tuple[int, int],
-        image_size: tuple[int, int],
-        shape: Aperture,
-    ) -> None:
-        self.linear, self.u, self.origin, self.image_size, self.shape = (
-            linear,
-            u,
-            origin,
-            image_size,
-            shape,
-        )
-        channels, height, width = linear.shape
-        self.colour = linear.new_zeros(1, channels, height, width)
-        self.alpha = linear.new_zeros(1, 1, height, width)
-
-    def add_layer(
-        self, layer: int, radius: float, reach: float, extent: tuple[int, int, int, int]
-    ) -> None:
-        """Blur ``layer`` (radius px, fill reach px) inside the tile-local ``extent`` box and
-        composite it over the layers behind."""
-        channels, height, width = self.linear.shape
-        factor = level_factor(radius)
-        octaves = 0 if reach < 0.5 else max(0, math.ceil(math.log2(max(reach / factor, 1.0))))
-        grid = factor * 2**octaves
-        oy, ox = self.origin
-        top = _round_down(oy + extent[0], grid) - oy
-        bottom = _round_up(oy + extent[1], grid) - oy
-        left = _round_down(ox + extent[2], grid) - ox
-        right = _round_up(ox + extent[3], grid) - ox
-        v_top, v_bottom = max(top, 0), min(bottom, height)
-        v_left, v_right = max(left, 0), min(right, width)
-        window = (slice(v_top - top, v_bottom - top), slice(v_left - left, v_right - left))
-
-        u = self.u.new_full((bottom - top, right - left), -math.inf)
-        u[window] = self.u[v_top:v_bottom, v_left:v_right]
-        colour = self.linear.new_zeros(channels, bottom - top, right - left)
-        colour[(slice(None), *window)] = self.linear[:, v_top:v_bottom, v_left:v_right]
-        matte, coverage = layer_matte(u, layer)
-        planes = torch.cat([colour * matte, matte[None], coverage[None]])[None]
-        planes = downsample(planes, factor)
-        if octaves > 0:
-            hidden = (planes[:, -1:] - planes[:, -2:-1]).clamp_min(0.0)
-            fill, confidence = push_pull_fill(planes[:, :-1], octaves)
-            extension = hidden * confidence
-            planes = torch.cat(
-                [planes[:, :channels] + extension * fill, planes[:, channels:-1] + extension],
-                dim=1,
-            )
-        else:
-            planes = planes[:, :-1]
-        blurred = self._blur(planes, radius / factor, factor, (top + oy, left + ox), layer > 0)
-        blurred = upsample(blurred, factor)[(slice(None), slice(None), *window)]
-        self._composite(blurred, (slice(v_top, v_bottom), slice(v_left, v_right)))
-
-    def _blur(
-        self, planes: Tensor, radius: float, factor: int, corner: tuple[int, int], front: bool
-    ) -> Tensor:
-        """Blur level-resolution planes; cat-eye blends kernels by source position.
-
-        In front of the focal plane (``front``) the rays cross before the sensor, so the
-        aperture's image is point-reflected (matters for odd blade counts and cat-eye).
-        """
-
-        def kernel(offset: tuple[float, float] = (0.0, 0.0)) -> Tensor:
-            shape = self.shape.kernel(
-                radius, offset=offset, dtype=planes.dtype, device=planes.device
-            )
-            return shape.flip(0, 1) if front else shape
-
-        if self.shape.cat_eye <= 0 or radius < 0.5:
-            return convolve(planes, kernel())
-        _, _, height, width = planes.shape
-        image_h, image_w = self.image_size
-        half = math.ceil(radius)
-        ys = _zone_weights(corner[0], height, factor, image_h, planes)
-        xs = _zone_weights(corner[1], width, factor, image_w, planes)
-        out = torch.zeros_like(planes)
-        for zy, wy in zip(CAT_EYE_ZONES, ys, strict=True):
-            rows = wy.nonzero()
-            if rows.numel() == 0:
-                continue
-            r0, r1 = max(int(rows[0]) - half, 0), min(int(rows[-1]) + 1 + half, height)
-            for zx, wx in zip(CAT_EYE_ZONES, xs, strict=True):
-                cols = wx.nonzero()
-                if cols.numel() == 0:
-                    continue
-                c0, c1 = max(int(cols[0]) - half, 0), min(int(cols[-1]) + 1 + half, width)
-                weight = wy[r0:r1, None] * wx[None, c0:c1]
-                piece = planes[:, :, r0:r1, c0:c1] * weight
-                out[:, :, r0:r1, c0:c1] += convolve(piece, kernel((zx, zy)))
-        return out
-
-    def _composite(self, blurred: Tensor, box: tuple[slice, slice]) -> None:
-        index = (slice(None), slice(None), *box)
-        alpha = blurred[:, -1:]
-        colour = blurred[:, :-1] + (1.0 - alpha) * self.colour[index]
-        coverage = alpha + (1.0 - alpha) * self.alpha[index]
-        if torch.is_grad_enabled() and (blurred.requires_grad or self.colour.requires_grad):
-            # Autograd keeps the old accumulators: write into copies.
-            self.colour, self.alpha = self.colour.clone(), self.alpha.clone()
-        self.colour[index] = colour
-        self.alpha[index] = coverage
-
-    def resolve(self) -> Tensor:
-        """Accumulated colour normalised by accumulated alpha: ``Cxhxw`` linear light."""
-        return (self.colour / self.alpha.clamp_min(_TINY))[0]
-
-
-def _margin(radius: float, reach: float) -> int:
-    """Pixels around a layer's content that its blur and background fill can reach."""
-    return math.ceil(radius) + math.ceil(reach) + 2 * level_factor(radius)
-
-
-def _layer_extent(
-    lo: Tensor, hi: Tensor, layer: int, core: tuple[int, int, int, int], margin: int
-) -> tuple[int, int, int, int] | None:
-    """Tile-local box (y0, y1, x0, x1) to render ``layer`` in for ``core``; None if absent."""
-    present = (lo < layer + 1) & (hi > layer - 1)
-    r0, r1 = max((core[0] - margin) // BLOCK, 0), -(-(core[1] + margin) // BLOCK)
-    c0, c1 = max((core[2] - margin) // BLOCK, 0), -(-(core[3] + margin) // BLOCK)
-    present = present[r0:r1, c0:c1]
-    rows, cols = present.any(dim=1).nonzero(), present.any(dim=0).nonzero()
-    if rows.numel() == 0:
-        return None
-    # The content's blocks grown by the margin, but only as far as the core can feel them.
-    return (
-        max((r0 + int(rows[0])) * BLOCK, core[0]) - margin,
-        min((r0 + int(rows[-1]) + 1) * BLOCK, core[1]) + margin,
-        max((c0 + int(cols[0])) * BLOCK, core[2]) - margin,
-        min((c0 + int(cols[-1]) + 1) * BLOCK, core[3]) + margin,
-    )
-
-
-def level_factor(radius: float) -> int:
-    """Power-of-two downscale factor at which a layer of ``radius`` px is blurred."""
-    if radius < 2.0 * LEVEL_RADIUS:
-        return 1
-    return 2 ** math.floor(math.log2(radius / LEVEL_RADIUS))
-
-
-def _zone_weights(
-    start: int, length: int, factor: int, image_length: int, like: Tensor
-) -> list[Tensor]:
-    """Tent weights of the cat-eye zones at level pixel centres along one axis."""
-    centres = start + (torch.arange(length, dtype=like.dtype, device=like.device) + 0.5) * factor
-    position = (2.0 * centres / image_length - 1.0).clamp(-1.0, 1.0)
-    spacing = CAT_EYE_ZONES[1] - CAT_EYE_ZONES[0]
-    return [(1.0 - (position - z).abs() / spacing).clamp_min(0.0) for z in CAT_EYE_ZONES]
-
-
-def _block_ranges(u: Tensor) -> tuple[Tensor, Tensor]:
-    """Per 16x16 block minimum and maximum of ``u`` (partial blocks included)."""
-    height, width = u.shape
-    pad_h, pad_w = _round_up(height, BLOCK) - height, _round_up(width, BLOCK) - width
-    padded = torch.nn.functional.pad(u[None, None], (0, pad_w, 0, pad_h), value=math.nan)
-    blocks = padded.reshape(
-        padded.shape[-2] // BLOCK, BLOCK, padded.shape[-1] // BLOCK, BLOCK
-    ).transpose(1, 2)
-    blocks = blocks.reshape(blocks.shape[0], blocks.shape[1], -1)
-    hi = torch.nan_to_num(blocks, nan=-math.inf).amax(dim=-1)
-    lo = torch.nan_to_num(blocks, nan=math.inf).amin(dim=-1)
-    return lo, hi
 
 
 def _tile_plan(

@@ -5,7 +5,9 @@ Every source pixel ``y`` spreads its linear-light colour over its own kernel of 
 with no layer quantisation, resampling or background extension. Pixels of equal disparity form
 one surface: their splats are summed into premultiplied colour and alpha (the summed kernel
 weights) and the surfaces are composited from far to near with "over", then normalised by the
-accumulated alpha. Cost is O(N * r**2) per image, so use it on small images only.
+accumulated alpha. Beyond the image border the scene continues as its mirror image
+(whole-sample symmetric reflection, as in the fast renderer): those sources are scattered too.
+Cost is O(N * r**2) per image, so use it on small images only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from magicbokeh.optics.aperture import Aperture
+from magicbokeh.optics.blur import reflect_index
 from magicbokeh.optics.color import linear_to_srgb, srgb_to_linear
 from magicbokeh.optics.highlight import boost_highlights, unboost_highlights
 from magicbokeh.optics.render import (
@@ -77,30 +80,49 @@ def render_scatter_reference(
 def _scatter(
     linear: Tensor, depth: Tensor, focus: float, aperture: float, shape: Aperture, progress: bool
 ) -> Tensor:
-    """Scatter ``linear`` (Cxhxw) with per-pixel radii; returns normalised Cxhxw linear light."""
+    """Scatter ``linear`` (Cxhxw) with per-pixel radii; returns normalised Cxhxw linear light.
+
+    The scene is first extended by its mirror image as far as the largest radius reaches.
+    """
     channels, height, width = linear.shape
     pad = math.ceil(aperture * float((depth - focus).abs().max())) + 1
-    colour = linear.new_zeros(channels, height + 2 * pad, width + 2 * pad)
-    alpha = linear.new_zeros(1, height + 2 * pad, width + 2 * pad)
+    rows = reflect_index(torch.arange(-pad, height + pad, device=linear.device), height)
+    cols = reflect_index(torch.arange(-pad, width + pad, device=linear.device), width)
+    linear = linear[:, rows][:, :, cols]
+    depth = depth[rows][:, cols]
+    position = (
+        (torch.arange(-pad, height + pad, dtype=torch.float64) * 2.0 + 1.0) / height - 1.0,
+        (torch.arange(-pad, width + pad, dtype=torch.float64) * 2.0 + 1.0) / width - 1.0,
+    )
+    size = (height + 2 * pad, width + 2 * pad)
+    colour = linear.new_zeros(channels, size[0] + 2 * pad, size[1] + 2 * pad)
+    alpha = linear.new_zeros(1, size[0] + 2 * pad, size[1] + 2 * pad)
     values = torch.unique(depth)  # ascending: far to near
     for value in tqdm(values.tolist(), disable=not progress, desc="scatter"):
         mask = depth == value
         radius = aperture * abs(value - focus)
-        splat = _splat_surface(linear, mask, radius, shape, pad, front=value > focus)
+        splat = _splat_surface(linear, mask, radius, shape, pad, value > focus, position)
         weight = splat[-1:]
         colour = splat[:-1] + (1.0 - weight) * colour
         alpha = weight + (1.0 - weight) * alpha
-    inner = (slice(None), slice(pad, pad + height), slice(pad, pad + width))
+    inner = (slice(None), slice(2 * pad, 2 * pad + height), slice(2 * pad, 2 * pad + width))
     return colour[inner] / alpha[inner].clamp_min(1e-12)
 
 
 def _splat_surface(
-    linear: Tensor, mask: Tensor, radius: float, shape: Aperture, pad: int, front: bool
+    linear: Tensor,
+    mask: Tensor,
+    radius: float,
+    shape: Aperture,
+    pad: int,
+    front: bool,
+    position: tuple[Tensor, Tensor],
 ) -> Tensor:
     """Sum of the kernels of all pixels in ``mask``: premultiplied colour plus alpha, padded.
 
     In front of the focal plane (``front``) each kernel is point-reflected: the rays cross
-    before reaching the sensor.
+    before reaching the sensor. ``position`` holds the normalised image position of each row
+    and column (for cat-eye; clamped to [-1, 1] beyond the border).
     """
     channels, height, width = linear.shape
     planes = torch.cat([linear * mask, mask[None].to(linear.dtype)])
@@ -118,7 +140,10 @@ def _splat_surface(
         out[:, pad + r0 - half : pad + r1 + half, pad + c0 - half : pad + c1 + half] += spread
         return out
     for y, x in mask.nonzero().tolist():
-        offset = ((2.0 * x + 1.0) / width - 1.0, (2.0 * y + 1.0) / height - 1.0)
+        offset = (
+            min(max(float(position[1][x]), -1.0), 1.0),
+            min(max(float(position[0][y]), -1.0), 1.0),
+        )
         kernel = shape.kernel(radius, offset=offset, dtype=linear.dtype, device=linear.device)
         kernel = kernel.flip(0, 1) if front else kernel
         half = kernel.shape[-1] // 2
