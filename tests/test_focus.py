@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from magicbokeh import focus as focus_module
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.focus import (
     FocusSpec,
@@ -89,6 +90,23 @@ def test_auto_prefers_the_central_subject_over_a_near_floor_edge() -> None:
     d[112:, :] = 0.95  # floor strip touching the camera along the bottom edge
     assert resolve_focus(d, FocusSpec("auto")) == pytest.approx(0.75)
     assert auto_focus_region(d)[60, 80]
+
+
+def test_auto_on_a_large_map_decides_on_a_subsampled_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    height, width = 120, 160
+    d = np.tile(np.linspace(0.1, 0.6, height, dtype=np.float32)[:, None], (1, width))
+    d[30:90, 55:105] = 0.75
+    d[112:, :] = 0.95
+    seen: list[tuple[int, int]] = []
+
+    def region(disparity: np.ndarray) -> np.ndarray:
+        seen.append(disparity.shape)
+        return auto_focus_region(disparity)
+
+    monkeypatch.setattr(focus_module, "AUTO_FOCUS_PIXELS", 2200)  # 19200 px / 2200 → stride 3
+    monkeypatch.setattr(focus_module, "auto_focus_region", region)
+    assert resolve_focus(d, FocusSpec("auto")) == pytest.approx(0.75)
+    assert seen == [(40, 54)]  # every third row and column
 
 
 def test_as_focus_spec_accepts_every_documented_form() -> None:

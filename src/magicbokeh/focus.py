@@ -16,6 +16,7 @@ A focus spec (point, box, mask, disparity value or ``"auto"``) resolves to one f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +29,8 @@ FocusKind = Literal["point", "box", "mask", "disparity", "auto"]
 
 #: Half-width of the window around a focus point, as a fraction of the shorter image side.
 POINT_WINDOW_FRACTION = 0.02
+#: ``--focus auto`` decides on a disparity map of at most this many pixels (subsampled).
+AUTO_FOCUS_PIXELS = 1_000_000
 #: Disparity band around the clicked surface that counts as "the same surface".
 POINT_SURFACE_BAND = 0.05
 #: The learned engine's training range of K and its in-focus threshold on the K/32-scaled map.
@@ -113,7 +116,8 @@ def resolve_focus(disparity: np.ndarray, spec: FocusSpec) -> float:
     - box and mask: the median disparity inside;
     - disparity: the value itself;
     - auto: the median of :func:`auto_focus_region` inside the central ellipse (semi-axes 35 %
-      of width and height), or of the whole region if less than a tenth of it is central.
+      of width and height), or of the whole region if less than a tenth of it is central;
+      maps larger than ``AUTO_FOCUS_PIXELS`` are subsampled (every s-th row and column) first.
     """
     d = np.asarray(disparity, dtype=np.float32)
     height, width = d.shape
@@ -149,6 +153,9 @@ def resolve_focus(disparity: np.ndarray, spec: FocusSpec) -> float:
                 "the focus mask selects no pixels: paint the subject white (> 50 % grey) on black"
             )
         return float(np.median(d[selected]))
+    stride = max(1, math.ceil(math.sqrt(d.size / AUTO_FOCUS_PIXELS)))
+    d = d[::stride, ::stride]  # every stride-th pixel: a 12 MP map is decided at ≤ 1 MP
+    height, width = d.shape
     region = auto_focus_region(d)
     yy, xx = np.mgrid[0:height, 0:width]
     central = region & (((xx / width - 0.5) / 0.35) ** 2 + ((yy / height - 0.5) / 0.35) ** 2 <= 1)
