@@ -178,3 +178,16 @@ def test_ebb_pairs_errors(tmp_path: Path) -> None:
     write_photo(tmp_path / "bokeh" / "1.jpg", 40, 64, seed=3)
     with pytest.raises(MagicBokehError, match="pairs must match"):
         EBBPairs(tmp_path)[1]
+
+
+def test_files_by_stem_and_natural_order(tmp_path: Path) -> None:
+    from magicbokeh.data.datasets import files_by_stem, natural_key
+
+    for name in ("10.png", "2.jpg", "b.png", ".hidden.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.png").mkdir()
+    found = files_by_stem(tmp_path, (".png", ".jpg"))
+    assert sorted(found, key=natural_key) == ["2", "10", "b"]
+    (tmp_path / "b.jpg").write_bytes(b"")
+    with pytest.raises(MagicBokehError, match="keep one file per name"):
+        files_by_stem(tmp_path, (".png", ".jpg"))

@@ -240,7 +240,12 @@ class BokehPairs(Dataset):
         return item
 
 
-def _by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+def files_by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    """The files of ``folder`` with one of ``suffixes`` (lower case, with dot), by stem.
+
+    Hidden files and sub-folders are skipped. Raises MagicBokehError when two files share a
+    stem (``a.png`` and ``a.jpg``).
+    """
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith("."):
@@ -301,7 +306,7 @@ class EBBPairs(Dataset):
             )
         if disparity is not None and not disparity.is_dir():
             raise MagicBokehError(f"disparity folder {disparity} does not exist")
-        sharp, blurred = _by_stem(aif, IMAGE_SUFFIXES), _by_stem(bokeh, IMAGE_SUFFIXES)
+        sharp, blurred = files_by_stem(aif, IMAGE_SUFFIXES), files_by_stem(bokeh, IMAGE_SUFFIXES)
         unpaired = sorted(set(sharp) ^ set(blurred))
         if unpaired:
             raise MagicBokehError(
@@ -310,11 +315,11 @@ class EBBPairs(Dataset):
             )
         if not sharp:
             raise MagicBokehError(f"no image pairs found in {aif} and {bokeh}")
-        self.names = sorted(sharp, key=_natural_key)
+        self.names = sorted(sharp, key=natural_key)
         self.aif, self.bokeh = sharp, blurred
         self.disparity: dict[str, Path] | None = None
         if disparity is not None:
-            maps = _by_stem(disparity, DEPTH_READ_EXTENSIONS)
+            maps = files_by_stem(disparity, DEPTH_READ_EXTENSIONS)
             missing = [n for n in self.names if n not in maps]
             if missing:
                 raise MagicBokehError(
@@ -356,6 +361,7 @@ class EBBPairs(Dataset):
         return item
 
 
-def _natural_key(name: str) -> tuple:
-    """Sort ``2`` before ``10`` (EBB! names are numbers)."""
+def natural_key(name: str) -> tuple:
+    """Sort key for file stems: numbers first, in numeric order (``2`` before ``10``, as EBB!
+    names are), then the other names alphabetically."""
     return (0, int(name), "") if name.isdigit() else (1, 0, name)

@@ -60,7 +60,7 @@ def add_subparser(protocols: argparse._SubParsersAction) -> None:
 
 def _depth_files(args, pairs, allow_missing: bool):
     """stem → disparity file (or None for estimation), and a description for the report."""
-    from magicbokeh.data.datasets import _by_stem
+    from magicbokeh.data.datasets import files_by_stem
     from magicbokeh.errors import MagicBokehError
     from magicbokeh.io.depth_files import DEPTH_READ_EXTENSIONS
 
@@ -73,7 +73,7 @@ def _depth_files(args, pairs, allow_missing: bool):
     folder = Path(args.depth).expanduser()
     if not folder.is_dir():
         raise MagicBokehError(f"--depth {folder} is neither 'auto' nor a folder")
-    found = _by_stem(folder, DEPTH_READ_EXTENSIONS)
+    found = files_by_stem(folder, DEPTH_READ_EXTENSIONS)
     lacking = [p.stem for p in pairs if p.stem not in found]
     if lacking and not allow_missing:
         raise MagicBokehError(

@@ -145,12 +145,12 @@ def run(args: argparse.Namespace) -> int:
     selected = [p for p in pairs.pairs if p.stem in chosen]
     masks = {p.stem: p.focus for p in selected if p.focus is not None}
     if args.masks is not None:
-        from magicbokeh.data.datasets import _by_stem
+        from magicbokeh.data.datasets import files_by_stem
 
         folder = args.masks.expanduser()
         if not folder.is_dir():
             raise MagicBokehError(f"--masks {folder} does not exist")
-        found = _by_stem(folder, READ_SUFFIXES)
+        found = files_by_stem(folder, READ_SUFFIXES)
         lacking = [p.stem for p in selected if p.stem not in found]
         if lacking:
             raise MagicBokehError(

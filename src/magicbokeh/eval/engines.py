@@ -409,13 +409,13 @@ def output_files(folder: str | Path, stems: Sequence[str]) -> tuple[dict[str, Pa
     Raises:
         MagicBokehError: ``folder`` does not exist.
     """
-    from magicbokeh.data.datasets import _by_stem
+    from magicbokeh.data.datasets import files_by_stem
     from magicbokeh.io.images import READ_SUFFIXES
 
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise MagicBokehError(f"outputs folder {root} does not exist; check --engine outputs:DIR")
-    found = _by_stem(root, READ_SUFFIXES)
+    found = files_by_stem(root, READ_SUFFIXES)
     return {s: found[s] for s in stems if s in found}, [s for s in stems if s not in found]
 
 

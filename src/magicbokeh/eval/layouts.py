@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from magicbokeh.data.datasets import _by_stem, _natural_key
+from magicbokeh.data.datasets import files_by_stem, natural_key
 from magicbokeh.data.synth import IMAGE_SUFFIXES
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io.depth_files import DEPTH_READ_EXTENSIONS
@@ -77,7 +77,7 @@ def _check_root(root: Path) -> Path:
 
 
 def _files(folder: Path, suffixes: Sequence[str], key=None) -> dict[str, Path]:
-    found = _by_stem(folder, suffixes)
+    found = files_by_stem(folder, suffixes)
     if key is None:
         return found
     keyed: dict[str, Path] = {}
@@ -99,7 +99,7 @@ def _match(
     every = set().union(*(set(s) for s in sides.values()))
     common = set.intersection(*(set(s) for s in sides.values()))
     lacking = {
-        f"{folders[role].name}/": sorted(every - set(files), key=_natural_key)
+        f"{folders[role].name}/": sorted(every - set(files), key=natural_key)
         for role, files in sides.items()
         if every - set(files)
     }
@@ -117,7 +117,7 @@ def _match(
             f"no complete pairs in {', '.join(str(f) for f in folders.values())}: the folders "
             "are empty or share no file names"
         )
-    return sorted(common, key=_natural_key), lacking
+    return sorted(common, key=natural_key), lacking
 
 
 def find_bokeh_pairs(root: str | Path, *, allow_missing: bool = False) -> PairSet:
