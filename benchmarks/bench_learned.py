@@ -53,6 +53,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_physical import add_texture  # noqa: E402
+
 TILE = 512
 PHOTO = (3024, 4032)
 FOCUS = 0.75
@@ -165,12 +168,7 @@ def make_tile(height: int, width: int, seed: int = SEED) -> tuple[torch.Tensor, 
     ys = torch.linspace(0.0, 1.0, height)[:, None]
     xs = torch.linspace(0.0, 1.0, width)[None, :]
     image = torch.stack([0.3 + 0.3 * xs * ys, 0.3 + 0.2 * ys + 0 * xs, 0.5 - 0.2 * ys + 0 * xs])
-    for scale in (4, 16, 64):
-        noise = torch.rand(3, max(2, height // scale), max(2, width // scale), generator=gen)
-        noise = torch.nn.functional.interpolate(
-            noise[None], size=(height, width), mode="bilinear", align_corners=False
-        )[0]
-        image = image + 0.15 * (noise - 0.5)
+    image = add_texture(image, gen, 0.15)
     disparity = (0.1 + 0.5 * ys**2).expand(height, width).clone()
     subject = ((((ys - 0.55) / 0.3) ** 2 + ((xs - 0.45) / 0.2) ** 2) < 1).float()
     image = image * (1 - subject) + subject * torch.tensor([0.8, 0.4, 0.3])[:, None, None]

@@ -33,6 +33,19 @@ import torch
 SIZES = {"0.25MP": (432, 576), "1MP": (864, 1152), "4MP": (1728, 2304), "12MP": (3024, 4032)}
 
 
+def add_texture(image: torch.Tensor, gen: torch.Generator, amplitude: float) -> torch.Tensor:
+    """``image`` (3×H×W) plus uniform noise at 1/4, 1/16 and 1/64 of its size, upsampled
+    bilinearly, each of peak-to-peak ``amplitude`` around zero."""
+    height, width = image.shape[-2:]
+    for scale in (4, 16, 64):
+        noise = torch.rand(3, max(2, height // scale), max(2, width // scale), generator=gen)
+        noise = torch.nn.functional.interpolate(
+            noise[None], size=(height, width), mode="bilinear", align_corners=False
+        )[0]
+        image = image + amplitude * (noise - 0.5)
+    return image
+
+
 def make_scene(height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Synthetic photo-like scene: (image 1x3xHxW sRGB, disparity 1x1xHxW, focus disparity)."""
     gen = torch.Generator().manual_seed(seed)
@@ -40,12 +53,7 @@ def make_scene(height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, to
     xs = torch.linspace(0.0, 1.0, width)[None, :]
     # Background: smooth colour gradients plus multi-scale texture.
     image = torch.stack([0.25 + 0.3 * xs * ys, 0.3 + 0.2 * ys + 0 * xs, 0.45 - 0.2 * ys + 0 * xs])
-    for scale in (4, 16, 64):
-        noise = torch.rand(3, max(2, height // scale), max(2, width // scale), generator=gen)
-        noise = torch.nn.functional.interpolate(
-            noise[None], size=(height, width), mode="bilinear", align_corners=False
-        )[0]
-        image = image + 0.12 * (noise - 0.5)
+    image = add_texture(image, gen, 0.12)
     # Disparity: far background ramp (top far, bottom nearer ground).
     disparity = (0.1 + 0.5 * ys**2).expand(height, width).clone()
     # Foreground subject: an ellipse with soft depth edges, at disparity 0.75 (the focus).
@@ -81,12 +89,7 @@ def defocused_scene(
     ys = torch.linspace(0.0, 1.0, height)[:, None]
     xs = torch.linspace(0.0, 1.0, width)[None, :]
     image = torch.stack([0.3 + 0.4 * xs * ys, 0.4 + 0.3 * ys + 0 * xs, 0.5 - 0.3 * ys + 0 * xs])
-    for scale in (4, 16, 64):
-        noise = torch.rand(3, max(2, height // scale), max(2, width // scale), generator=gen)
-        noise = torch.nn.functional.interpolate(
-            noise[None], size=(height, width), mode="bilinear", align_corners=False
-        )[0]
-        image = image + 0.15 * (noise - 0.5)
+    image = add_texture(image, gen, 0.15)
     disparity = (0.2 + 0.6 * xs).expand(height, width).clone()
     subject = ((ys - 0.5) ** 2 / 0.04 + (xs - 0.5) ** 2 / 0.02) < 1
     disparity[subject] = 0.95
