@@ -203,10 +203,11 @@ def test_ctrl_c_writes_a_checkpoint_and_stops_cleanly(tmp_path):
         if step == 3:
             signal.raise_signal(signal.SIGINT)
 
+    handler = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job, else Python's
     result = train(tmp_path / "run", steps=10, checkpoint_every=100, on_step_end=interrupt)
     assert result.interrupted and result.step == 3
     assert RunFolder(tmp_path / "run").checkpoint_steps() == [3]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # put back as it was
     train(tmp_path / "run", steps=10, checkpoint_every=100, resume=True)
     train(tmp_path / "whole", steps=10, checkpoint_every=100)
     assert_same(weights(tmp_path / "whole"), weights(tmp_path / "run"))
