@@ -192,3 +192,21 @@ def test_parallel_tiles_match_one_thread_and_restore_the_thread_count() -> None:
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(single, parallel)
+
+
+def test_parallel_tiles_under_inference_mode() -> None:
+    """Worker threads take the caller's inference mode (it is per thread in torch)."""
+    gen = torch.Generator().manual_seed(7)
+    image = torch.rand(1, 3, 96, 112, generator=gen)
+    depth = torch.nn.functional.interpolate(
+        torch.rand(1, 1, 6, 7, generator=gen), size=(96, 112), mode="bilinear"
+    )
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        plain = render_physical(image, depth, 0.4, 20.0, max_tile_pixels=64 * 64)
+        with torch.inference_mode():
+            inferred = render_physical(image, depth, 0.4, 20.0, max_tile_pixels=64 * 64)
+    finally:
+        torch.set_num_threads(threads)
+    assert inferred.is_inference() and torch.equal(plain, inferred)

@@ -169,10 +169,21 @@ def _tile_workers(jobs: int) -> Iterator[Callable]:
     if workers <= 1:
         yield map
         return
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def in_callers_mode(function: Callable) -> Callable:
+        # Grad and inference mode are per thread: workers take the caller's, so a render
+        # called under torch.inference_mode() may write into its inference tensors.
+        def call(item: object) -> object:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return function(item)
+
+        return call
+
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="magicbokeh-tile") as pool:
-            yield pool.map
+            yield lambda function, items: pool.map(in_callers_mode(function), items)
     finally:
         torch.set_num_threads(threads)
 
