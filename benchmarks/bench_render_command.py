@@ -186,6 +186,12 @@ def child_split(argv: list[str]) -> None:
         "magicbokeh.commands.render": timed("encode", "write_outputs"),
     }
     sys.meta_path.insert(0, _PatchAfterImport(patches))
+    try:  # what the command does first when run as a program (versions that have it)
+        from magicbokeh.allocator import tune_allocator
+
+        tune_allocator()
+    except ImportError:
+        pass
     from magicbokeh.cli import main
 
     code = main(argv)

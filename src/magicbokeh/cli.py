@@ -88,7 +88,15 @@ def build_parser(only: str | None = None, *, all_commands: bool = False) -> argp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code.
+
+    Run as the program (``argv`` None), it first tunes the process's memory allocator for
+    image-sized buffers (:mod:`magicbokeh.allocator`).
+    """
+    if argv is None:
+        from magicbokeh.allocator import tune_allocator
+
+        tune_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
