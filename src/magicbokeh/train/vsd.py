@@ -113,8 +113,11 @@ def encode_prompts(base: Path, prompts: list[str]) -> torch.Tensor:
     """CLIP embeddings of ``prompts`` (N×L×D float32, L = 77 for SD), as SD pipelines encode
     them (padded to the maximum length); the text encoder is freed before returning."""
     from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
 
     base = Path(base)
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a one-second load needs no progress bar
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(base / "tokenizer"))
         encoder = CLIPTextModel.from_pretrained(
@@ -126,6 +129,9 @@ def encode_prompts(base: Path, prompts: list[str]) -> torch.Tensor:
             f"cannot load the base text encoder or tokenizer from {base} ({first}); give the "
             "full Stable Diffusion 2.1-base folder or train with --vsd-weight 0"
         ) from None
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
     ids = tokenizer(
         prompts, max_length=length, padding="max_length", truncation=True, return_tensors="pt"
@@ -210,7 +216,8 @@ class VSDRegulariser(nn.Module):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MagicBokehError(f"cannot load the base UNet from {base} ({first})") from None
         stock.requires_grad_(False)
-        unet_fix = copy.deepcopy(stock).to(fix_dtype).eval()
+        unet_fix = copy.deepcopy(stock).eval()
+        nn.Module.to(unet_fix, dtype=fix_dtype)  # all of it (SD's UNet keeps no fp32 modules)
         config = LoraConfig(
             r=rank,
             lora_alpha=LORA_ALPHA,
