@@ -17,6 +17,11 @@ parameters, AdamW's two float32 moments of every parameter some phase has traine
 (each phase keeps its own optimizer state). Not counted: the CUDA context (≈0.5 GiB), the
 allocator's fragmentation, temporary buffers of single operations, data loading.
 
+The VSD regulariser (``train sr --vsd-weight``) adds, on top of stage 1: the stock UNet twice
+(``unet_update`` in float32, ``unet_fix`` in bf16 under bf16 autocast), the LoRA's float32
+gradients and AdamW moments, and the activations of ``unet_update``'s diffusion-loss pass (the
+VSD pass runs without gradients and keeps nothing for the backward pass).
+
 Run: ``python benchmarks/train_memory.py`` (a minute on a 2-core CPU).
 """
 
@@ -34,7 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_learned import CONTROLNET, SCHEDULER, UNET, VAE  # noqa: E402  (SD2.1-base sizes)
 from magicbokeh.metrics.lpips import LPIPS  # noqa: E402
-from magicbokeh.model.lora import unet_lora_target_recipe, vae_lora_target_recipe  # noqa: E402
+from magicbokeh.model.lora import (  # noqa: E402
+    LORA_ALPHA,
+    stock_unet_lora_targets,
+    unet_lora_target_recipe,
+    vae_lora_target_recipe,
+)
 from magicbokeh.model.network import MagicBokehNetwork  # noqa: E402
 from magicbokeh.model.unet import MagicBokehUNet  # noqa: E402
 from magicbokeh.train.model_tasks import parameter_parts  # noqa: E402
@@ -202,7 +212,8 @@ def tiny_ratio() -> tuple[float, int, int]:
     return bf16 / fp32, fp32, meta
 
 
-def main() -> None:
+def main() -> float:
+    """Print the stage table; returns the bf16/fp32 ratio."""
     ratio, tiny_fp32, tiny_meta = tiny_ratio()
     print(f"tiny network, {RATIO_SIZE}², batch 2: saved fp32 bytes on CPU {tiny_fp32}, ", end="")
     print(f"on meta {tiny_meta}")
@@ -239,7 +250,52 @@ def main() -> None:
             f"{plain * ratio / GIB:.1f} | {ckpt * ratio / GIB:.1f} | "
             f"{(state + plain * ratio) / GIB:.1f} | {(state + ckpt * ratio) / GIB:.1f} |"
         )
+    return ratio
+
+
+def vsd_memory(ratio: float) -> None:
+    """The VSD regulariser's additions to stage 1 (512², batch 4 → 64² latents)."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**UNET)
+        config = LoraConfig(
+            r=4, lora_alpha=LORA_ALPHA, target_modules=stock_unet_lora_targets(unet)
+        )
+        inject_adapter_in_model(config, unet, adapter_name="vsd")
+    lora = [p for n, p in unet.named_parameters() if ".lora_" in n]
+    stock = sum(p.numel() for p in unet.parameters()) - sum(p.numel() for p in lora)
+    lora_count = sum(p.numel() for p in lora)
+    persistent = stock * 4 + stock * 2 + lora_count * (4 + 4 + 8)
+    print(f"\nVSD: stock UNet {stock / 1e6:.1f} M, regulariser LoRA {lora_count / 1e6:.2f} M")
+    print(
+        f"persistent (unet_update fp32, unet_fix bf16, LoRA grads + AdamW): {persistent / GIB:.1f}"
+    )
+    unet.requires_grad_(False)
+    for param in lora:
+        param.requires_grad_(True)
+    counts = []
+    for checkpointing in (False, True):
+        counter = SavedBytes([unet])
+        with contextlib.suppress(ValueError):
+            unet.disable_gradient_checkpointing()
+        if checkpointing:
+            unet._set_gradient_checkpointing(True, counter.checkpointed)
+        latents = torch.zeros(4, 4, 64, 64, device="meta")
+        text = torch.zeros(4, 77, 1024, device="meta")
+        steps = torch.zeros(4, dtype=torch.long, device="meta")
+        with counter.hooks(), fused_attention():
+            eps = unet(latents, steps, encoder_hidden_states=text).sample
+            loss = (eps - latents).square().mean()
+        assert loss.requires_grad
+        counts.append(counter.total)
+    plain, ckpt = counts
+    print(
+        f"diffusion-loss activations: fp32 no GC {plain / GIB:.1f}, bf16 no GC "
+        f"{plain * ratio / GIB:.1f}, bf16 GC {ckpt * ratio / GIB:.1f} GiB"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    vsd_memory(main())

@@ -32,6 +32,7 @@ __all__ = [
     "VAE_ADAPTER",
     "add_unet_sr_lora",
     "add_vae_encoder_lora",
+    "stock_unet_lora_targets",
     "unet_lora_target_recipe",
     "vae_lora_target_recipe",
 ]
@@ -90,6 +91,23 @@ def unet_lora_target_recipe(unet: nn.Module) -> tuple[list[str], list[str]]:
         elif "up_blocks" in name or "conv_out" in name:
             decoder.append(module)
     return encoder, decoder
+
+
+def stock_unet_lora_targets(unet: nn.Module) -> list[str]:
+    """Every module OSEDiff's ``initialize_unet`` recipe adapts in a stock SD UNet.
+
+    Weight parameters whose name has none of "bias"/"norm" and contains one of the patterns of
+    :func:`unet_lora_target_recipe`, wherever they are (down, up and mid blocks, cross-attention
+    included); OSEDiff splits them into three adapters of equal rank, which adapt the same
+    modules as one. Entries are module paths.
+    """
+    targets = []
+    for name, _ in unet.named_parameters():
+        if "bias" in name or "norm" in name:
+            continue
+        if any(pattern in name for pattern in _UNET_PATTERNS):
+            targets.append(name.removesuffix(".weight"))
+    return targets
 
 
 def vae_lora_target_recipe(vae: nn.Module) -> list[str]:

@@ -24,6 +24,7 @@ def network_from_run(run: RunFolder, step: int | None = None):
     """``(network, step)``: the network of checkpoint ``step`` (default the last) of a model run."""
     from magicbokeh.model.network import MagicBokehNetwork
     from magicbokeh.train.trainer import load_trainable
+    from magicbokeh.train.vsd import REGULARISER_PREFIX
 
     config = run.read_run()
     if config.get("task") not in MODEL_TASKS:
@@ -32,7 +33,8 @@ def network_from_run(run: RunFolder, step: int | None = None):
         )
     step, folder = run.checkpoint(step)
     network = MagicBokehNetwork.from_pretrained(run.init_dir)
-    load_trainable(network, folder)
+    # The VSD regulariser (``train sr --vsd-weight``) trains beside the network, not in it.
+    load_trainable(network, folder, skip_prefixes=(REGULARISER_PREFIX,))
     return network, step
 
 

@@ -3,11 +3,15 @@
 Parameter parts of :class:`~magicbokeh.model.network.MagicBokehNetwork` (:func:`parameter_parts`):
 ``sr_lora`` (UNet LoRA, both adapters), ``conv_in`` (the UNet's input convolution, trained in
 full as the release stores it), ``vae_lora`` (VAE-encoder LoRA), ``controlnet`` (the defocus
-injector, all of it), ``bokeh_lora`` (the focus-aware attention's LoRA), ``frozen`` (the rest).
+injector, all of it), ``bokeh_lora`` (the focus-aware attention's LoRA), ``vsd_lora`` (the LoRA
+of the VSD regulariser's ``unet_update``, ``train sr --vsd-weight`` only: :mod:`magicbokeh.train.
+vsd`), ``frozen`` (the rest, the regulariser's stock UNets included).
 
 Phases:
 
-- ``sr`` of ``train sr``: sr_lora + conv_in + vae_lora at ``--lr``;
+- ``sr`` of ``train sr``: sr_lora + conv_in + vae_lora at ``--lr``; with ``--vsd-weight`` > 0
+  also group ``vsd`` (vsd_lora at ``--lr``, its gradient norm clipped on its own, as OSEDiff's
+  second AdamW), trained by the regulariser's diffusion loss;
 - ``bokeh`` of ``train bokeh``: controlnet + bokeh_lora at ``--lr-bokeh``, on ``synth`` pairs:
   LQ all-in-focus in, HQ bokeh out, defocus m = |d − d_f|·K/32 fed as 2m − 1, focus mask
   m ≤ 0.1 (none with ``--no-fama``);
@@ -18,7 +22,9 @@ Phases:
 
 SR items: HQ crops (random crop, horizontal flip) degraded on the training device with the
 Real-ESRGAN pipeline (scale 4, resized back), defocus all zero (fed as −1), no attention mask
-(the paper's "M set to 0"). Loss: λ_l2·MSE + λ_lpips·LPIPS-VGG on [−1, 1] images.
+(the paper's "M set to 0"). Loss: λ_l2·MSE + λ_lpips·LPIPS-VGG on [−1, 1] images;
+``train sr --vsd-weight W`` adds W·VSD + ``--vsd-diffusion-weight``·(the regulariser's
+diffusion loss) in training steps (not in validation).
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ from magicbokeh.train.task import (
     TrainingTask,
     ValidationSet,
 )
+from magicbokeh.train.vsd import REGULARISER_PREFIX
 
 __all__ = ["BokehTask", "SRTask", "parameter_parts"]
 
-PARTS = ("sr_lora", "conv_in", "vae_lora", "controlnet", "bokeh_lora", "frozen")
+PARTS = ("sr_lora", "conv_in", "vae_lora", "controlnet", "bokeh_lora", "vsd_lora", "frozen")
 
 
 def parameter_parts(network: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -51,7 +58,9 @@ def parameter_parts(network: nn.Module) -> dict[str, list[tuple[str, nn.Paramete
     parts: dict[str, list[tuple[str, nn.Parameter]]] = {name: [] for name in PARTS}
     for name, param in network.named_parameters():
         is_lora = ".lora_A." in name or ".lora_B." in name
-        if name.startswith("controlnet."):
+        if name.startswith(REGULARISER_PREFIX):
+            part = "vsd_lora" if is_lora else "frozen"
+        elif name.startswith("controlnet."):
             part = "controlnet"
         elif name.startswith("unet.") and ".processor." in name:
             part = "bokeh_lora"
@@ -117,6 +126,11 @@ class _MagicBokehTask(TrainingTask):
     changeable_settings = frozenset({"lpips_weights"})
     #: whether the focus mask reaches the attention (stage 1 never masks).
     masks_attention = False
+
+    @property
+    def vsd_weight(self) -> float:
+        """λ of the VSD regulariser (``train sr --vsd-weight``; 0 = off)."""
+        return float(self.settings.get("vsd_weight") or 0.0)
 
     def __init__(self, settings: dict[str, Any]) -> None:
         super().__init__(settings)
@@ -239,9 +253,26 @@ class _MagicBokehTask(TrainingTask):
         # their SR items an all-in-focus mask, which adds no bias.
         masked = self.masks_attention and any(name == "bokeh" for name, _ in parts)
         mask = torch.cat([p[1][3] for p in parts]) if masked else None
-        output = model(lq * 2 - 1, defocus, mask, latent_noise=self._latent_noise(lq, generator))
+        latent_noise = self._latent_noise(lq, generator)
+        regulariser: dict[str, torch.Tensor] = {}
+        if self.vsd_weight > 0 and model.training:  # training steps, not validation
+            outputs = model(
+                lq * 2 - 1, defocus, mask, latent_noise=latent_noise, vsd_generator=generator
+            )
+            output = outputs.pop("image")
+            regulariser = outputs
+        else:
+            output = model(lq * 2 - 1, defocus, mask, latent_noise=latent_noise)
         per_item, terms = self._loss(output, target * 2 - 1)
         result = StepOutput(loss=per_item.mean(), terms={k: v.mean() for k, v in terms.items()})
+        if regulariser:
+            s = self.settings
+            result.loss = (
+                result.loss
+                + float(s["vsd_weight"]) * regulariser["vsd"]
+                + float(s["vsd_diffusion_weight"]) * regulariser["vsd_diffusion"]
+            )
+            result.terms.update(regulariser)
         if len(parts) > 1:
             start = 0
             for name, items in parts:
@@ -293,6 +324,16 @@ class SRTask(_MagicBokehTask):
             raise MagicBokehError("--lr must be positive")
         check_base_folder(Path(s["base"]))
         self._check_common()
+        if self.vsd_weight < 0 or float(s["vsd_diffusion_weight"]) < 0:
+            raise MagicBokehError("--vsd-weight and --vsd-diffusion-weight must not be negative")
+        if self.vsd_weight > 0:
+            from magicbokeh.train.vsd import check_regulariser_base
+
+            if int(s["vsd_rank"]) < 1:
+                raise MagicBokehError(f"--vsd-rank must be at least 1, got {s['vsd_rank']}")
+            if float(s["vsd_cfg"]) < 0:
+                raise MagicBokehError("--vsd-cfg must not be negative")
+            check_regulariser_base(Path(s["base"]))
         self._datasets["sr"] = _sr_dataset(s["data"], s, "--data")
         if s.get("val_data"):
             self._datasets["val_sr"] = _sr_dataset(s["val_data"], s, "--val-data")
@@ -312,13 +353,41 @@ class SRTask(_MagicBokehTask):
         source = {"base": s["base"], "seed": s["seed"]}
         (folder / "source.json").write_text(json.dumps(source, indent=2) + "\n")
 
+    def load_model(self, folder: Path) -> nn.Module:
+        """The network; with ``--vsd-weight`` > 0 the network and the VSD regulariser built
+        from the base folder (:class:`~magicbokeh.train.vsd.RegularisedNetwork`)."""
+        network = super().load_model(folder)
+        if self.vsd_weight <= 0:
+            return network
+        from magicbokeh.train.vsd import RegularisedNetwork, VSDRegulariser
+
+        s = self.settings
+        fix_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            s["mixed_precision"], torch.float32
+        )
+        regulariser = VSDRegulariser.from_base(
+            Path(s["base"]),
+            dict(network.config.scheduler_config),
+            rank=int(s["vsd_rank"]),
+            prompt=str(s["vsd_prompt"]),
+            negative_prompt=str(s["vsd_negative_prompt"]),
+            cfg=float(s["vsd_cfg"]),
+            fix_dtype=fix_dtype,
+            seed=int(s["seed"]),
+        )
+        return RegularisedNetwork(network, regulariser)
+
     def phase_names(self) -> tuple[str, ...]:
         return ("sr",)
 
     def phases(self, model: nn.Module) -> dict[str, Phase]:
         parts = parameter_parts(model)
         params = parts["sr_lora"] + parts["conv_in"] + parts["vae_lora"]
-        return {"sr": Phase("sr", {"sr": ParamGroup(params, float(self.settings["lr"]))}, ("sr",))}
+        lr = float(self.settings["lr"])
+        groups = {"sr": ParamGroup(params, lr)}
+        if parts["vsd_lora"]:
+            groups["vsd"] = ParamGroup(parts["vsd_lora"], lr, own_clipping=True)
+        return {"sr": Phase("sr", groups, ("sr",))}
 
     def streams(self) -> dict[str, StreamSpec]:
         return {"sr": StreamSpec(self._datasets["sr"], int(self.settings["batch_size"]))}

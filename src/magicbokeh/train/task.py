@@ -30,10 +30,17 @@ __all__ = ["ParamGroup", "Phase", "StepOutput", "StreamSpec", "TrainingTask", "V
 
 @dataclass
 class ParamGroup:
-    """Named parameters trained with one learning rate."""
+    """Named parameters trained with one learning rate.
+
+    ``own_clipping``: clip this group's gradient norm on its own (logged as
+    ``grad_norm_<group>``) instead of together with the phase's other groups, as if the group
+    had an optimizer of its own (AdamW's update of a parameter depends only on its own
+    gradient, so one AdamW with this group then equals two AdamWs).
+    """
 
     parameters: list[tuple[str, nn.Parameter]]
     lr: float
+    own_clipping: bool = False
 
 
 @dataclass

@@ -163,11 +163,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_trainable(
-    model: torch.nn.Module, checkpoint: Path, keys: list[str] | None = None
+    model: torch.nn.Module,
+    checkpoint: Path,
+    keys: list[str] | None = None,
+    *,
+    skip_prefixes: tuple[str, ...] = (),
 ) -> list[str]:
     """Load a checkpoint's ``trainable.safetensors`` into ``model``; returns the keys loaded.
 
     With ``keys`` the file must hold exactly those; without, any of the model's tensors.
+    Tensors whose key starts with one of ``skip_prefixes`` are left out first (parts of the
+    training model that ``model`` does not have, e.g. a training-only regulariser).
     """
     path = checkpoint / TRAINABLE_FILE
     if not path.is_file():
@@ -176,6 +182,8 @@ def load_trainable(
         state = load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types
         raise MagicBokehError(f"{path} is damaged ({exc}); use another checkpoint") from None
+    if skip_prefixes:
+        state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
     own = model.state_dict()
     expected = set(keys) if keys is not None else set(state) & set(own)
     missing = sorted(expected - set(state))
@@ -462,11 +470,11 @@ class Trainer:
                 started = time.perf_counter()
                 want_images = main and self._every("sample_every", step)
                 output, losses = self._micro_batches(session, name, step, want_images)
-                grad_norm = self._update(session, name, step)
+                grad_norms = self._update(session, name, step)
                 items = sum(items_per_step[n] for n in phase.streams)
                 elapsed = time.perf_counter() - started
                 optimizer = session.optimizers[name]
-                self._accumulate(pending, name, losses, grad_norm, elapsed, items, optimizer)
+                self._accumulate(pending, name, losses, grad_norms, elapsed, items, optimizer)
                 if self.on_step_end is not None:
                     self.on_step_end(step)
                 stop_now = self._agree(accelerator, stop.requested)
@@ -547,23 +555,41 @@ class Trainer:
         assert output is not None
         return output, sums
 
-    def _update(self, session: _Session, name: str, step: int) -> float | None:
-        """Clip, step the phase's optimizer and schedule, clear gradients; the gradient norm."""
+    def _update(self, session: _Session, name: str, step: int) -> dict[str, float]:
+        """Clip, step the phase's optimizer and schedule, clear gradients; the gradient norms.
+
+        Returns ``{"grad_norm": norm}`` of the groups clipped together, plus
+        ``grad_norm_<group>`` of each group clipped on its own (``ParamGroup.own_clipping``).
+        """
         accelerator = session.accelerator
         optimizer = session.optimizers[name]
-        grad_norm = None
+        norms: dict[str, float] = {}
         limit = float(self.settings["max_grad_norm"])
         if limit > 0:
-            params = [p for _, p in session.phases[name].named_parameters()]
-            grad_norm = float(accelerator.clip_grad_norm_(params, limit))
             fp16 = self.settings["mixed_precision"] == "fp16"
-            if not np.isfinite(grad_norm) and not fp16:
-                self._non_finite(step, name, "gradient norm", grad_norm, session.last_checkpoint)
+            for index, (label, params) in enumerate(self._clipping_sets(session.phases[name])):
+                if index == 0:  # unscales the gradients (fp16) and clips
+                    norm = float(accelerator.clip_grad_norm_(params, limit))
+                else:
+                    norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+                norms[label] = norm
+                if not np.isfinite(norm) and not fp16:
+                    self._non_finite(step, name, "gradient norm", norm, session.last_checkpoint)
         optimizer.step()
         if not accelerator.optimizer_step_was_skipped:
             session.schedulers[name].step()
         optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return norms
+
+    @staticmethod
+    def _clipping_sets(phase: Phase) -> list[tuple[str, list[torch.nn.Parameter]]]:
+        """``(log name, parameters)`` clipped together: the shared groups, then each own one."""
+        shared = [p for g in phase.groups.values() if not g.own_clipping for _, p in g.parameters]
+        sets = [("grad_norm", shared)] if shared else []
+        for group_name, group in phase.groups.items():
+            if group.own_clipping:
+                sets.append((f"grad_norm_{group_name}", [p for _, p in group.parameters]))
+        return sets
 
     def _non_finite(self, step, name, what, value, last_checkpoint) -> None:
         kept = (
@@ -590,23 +616,25 @@ class Trainer:
         """``record`` with its loss terms averaged over the processes (each saw other items)."""
         if accelerator.num_processes == 1:
             return record
-        keys = [k for k in record if k not in _NOT_TERMS and not k.startswith("lr_")]
+        keys = [
+            k for k in record if k not in _NOT_TERMS and not k.startswith(("lr_", "grad_norm_"))
+        ]
         values = torch.tensor([float(record[k]) for k in keys], device=accelerator.device)
         values = accelerator.reduce(values, reduction="mean")
         return {**record, **dict(zip(keys, values.tolist(), strict=True))}
 
     @staticmethod
-    def _accumulate(pending, name, losses, grad_norm, elapsed, items, optimizer) -> None:
+    def _accumulate(pending, name, losses, grad_norms, elapsed, items, optimizer) -> None:
         if pending.get("phase") != name:
             pending.clear()
-            pending.update(phase=name, count=0, sums={}, seconds=0.0, items=0, norms=[])
+            pending.update(phase=name, count=0, sums={}, seconds=0.0, items=0, norms={})
         pending["count"] += 1
         pending["seconds"] += elapsed
         pending["items"] += items
         for key, value in losses.items():
             pending["sums"][key] = pending["sums"].get(key, 0.0) + float(value)
-        if grad_norm is not None:
-            pending["norms"].append(grad_norm)
+        for key, value in grad_norms.items():
+            pending["norms"].setdefault(key, []).append(value)
         pending["lr"] = {
             g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)
         }
@@ -621,8 +649,8 @@ class Trainer:
             record["lr"] = next(iter(lrs.values()))
         else:
             record.update({f"lr_{k}": v for k, v in lrs.items()})
-        if pending["norms"]:
-            record["grad_norm"] = float(np.mean(pending["norms"]))
+        for key, values in pending["norms"].items():
+            record[key] = float(np.mean(values))
         record["step_s"] = pending["seconds"] / count
         record["samples_per_s"] = pending["items"] / max(pending["seconds"], 1e-9)
         record["steps_in_record"] = pending["count"]
