@@ -30,10 +30,12 @@ from magicbokeh.train.trainer import Trainer  # noqa: E402
 from train_toy import Pairs, ToyTask, toy_settings  # noqa: E402
 
 
-def train(output, task_kwargs=None, resume=False, on_step_end=None, **overrides):
+def train(output, task_kwargs=None, resume=False, on_step_end=None, defaults=None, **overrides):
     settings = toy_settings(output, **overrides)
     task = ToyTask(settings, **(task_kwargs or {}))
-    return Trainer(task, settings, resume=resume, on_step_end=on_step_end).run()
+    return Trainer(
+        task, settings, resume=resume, on_step_end=on_step_end, setting_defaults=defaults
+    ).run()
 
 
 def weights(run, step=None):
@@ -272,6 +274,17 @@ def test_resume_refuses_empty_foreign_and_different_runs(tmp_path):
         train(tmp_path / "run", steps=4, resume=True, adam_beta1=0.5)
     # Changeable settings (more steps, other logging) are accepted.
     assert train(tmp_path / "run", steps=3, resume=True, log_every=5).step == 3
+
+
+def test_a_setting_newer_than_the_run_resumes_at_its_default(tmp_path):
+    train(tmp_path / "run", steps=2)
+    config_path = RunFolder(tmp_path / "run").config_path
+    config = json.loads(config_path.read_text())
+    del config["settings"]["adam_beta1"]  # as if the setting came in a later version
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(MagicBokehError, match=r"adam_beta1 \(run: '<unset>', now: 0.5\)"):
+        train(tmp_path / "run", steps=3, resume=True, adam_beta1=0.5, defaults={"adam_beta1": 0.9})
+    assert train(tmp_path / "run", steps=3, resume=True, defaults={"adam_beta1": 0.9}).step == 3
 
 
 def test_two_processes_share_each_global_batch_and_only_the_main_one_writes(tmp_path):

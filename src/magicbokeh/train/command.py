@@ -54,7 +54,7 @@ def run_task(args: argparse.Namespace, make_task: Callable[[dict[str, Any]], Any
 
     require("train", "training")
     from magicbokeh.errors import MagicBokehError
-    from magicbokeh.train.options import resolve_settings
+    from magicbokeh.train.options import resolve_settings, setting_defaults
     from magicbokeh.train.run_folder import RunFolder
     from magicbokeh.train.trainer import Trainer
 
@@ -65,7 +65,8 @@ def run_task(args: argparse.Namespace, make_task: Callable[[dict[str, Any]], Any
         config = RunFolder(settings["output"]).resumable_config(args.task)
         settings, _ = resolve_settings(args, config["settings"])
     task = make_task(settings)
-    result = Trainer(task, settings, resume=args.resume).run()
+    defaults = setting_defaults(args)
+    result = Trainer(task, settings, resume=args.resume, setting_defaults=defaults).run()
     if not settings["quiet"]:
         where = f"; last checkpoint {result.checkpoint}" if result.checkpoint else ""
         print(f"train {args.task}: step {result.step} in {result.run}{where}", file=sys.stderr)

@@ -24,6 +24,7 @@ __all__ = [
     "finish_parser",
     "load_config_file",
     "resolve_settings",
+    "setting_defaults",
 ]
 
 #: Destinations that steer one invocation and are not stored as settings.
@@ -205,6 +206,11 @@ def _from_file(name: str, value: Any, action: argparse.Action, source: Path) -> 
     return converted if many else converted[0]
 
 
+def setting_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting's value when neither the command line nor a config file gives it."""
+    return {name: _absolute(value) for name, value in getattr(args, _DEFAULTS).items()}
+
+
 def resolve_settings(
     args: argparse.Namespace, stored: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], set[str]]:
@@ -213,9 +219,8 @@ def resolve_settings(
     ``stored``: the settings of the run being resumed (they replace the flag defaults).
     Raises MagicBokehError for unknown or unusable config-file entries.
     """
-    defaults: dict[str, Any] = getattr(args, _DEFAULTS)
     actions: dict[str, argparse.Action] = getattr(args, _ACTIONS)
-    settings = {name: _absolute(value) for name, value in defaults.items()}
+    settings = setting_defaults(args)
     if stored:
         settings.update({k: v for k, v in stored.items() if k in settings})
     given: set[str] = set()

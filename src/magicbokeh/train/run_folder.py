@@ -43,12 +43,22 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def settings_differences(
-    stored: dict[str, Any], given: dict[str, Any], changeable: Collection[str]
+    stored: dict[str, Any],
+    given: dict[str, Any],
+    changeable: Collection[str],
+    defaults: dict[str, Any] | None = None,
 ) -> list[str]:
-    """``name (run: A, now: B)`` for every setting outside ``changeable`` that differs."""
+    """``name (run: A, now: B)`` for every setting outside ``changeable`` that differs.
+
+    A setting the run does not store (one added to magicbokeh after the run was made) counts
+    as equal when it is given at its value in ``defaults``: the run was made without it.
+    """
+    defaults = defaults or {}
     out = []
     for key in sorted(set(stored) | set(given)):
         if key in changeable:
+            continue
+        if key not in stored and key in defaults and given.get(key) == defaults[key]:
             continue
         old, new = stored.get(key, "<unset>"), given.get(key, "<unset>")
         if old != new:
@@ -212,11 +222,16 @@ class RunFolder:
         return config
 
     def check_resume(
-        self, task: str, settings: dict[str, Any], changeable: Collection[str]
+        self,
+        task: str,
+        settings: dict[str, Any],
+        changeable: Collection[str],
+        defaults: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """:meth:`resumable_config`, also refusing settings that differ from the run's."""
+        """:meth:`resumable_config`, also refusing settings that differ from the run's
+        (see :func:`settings_differences` for ``defaults``)."""
         config = self.resumable_config(task)
-        differences = settings_differences(config["settings"], settings, changeable)
+        differences = settings_differences(config["settings"], settings, changeable, defaults)
         if differences:
             raise MagicBokehError(
                 f"--resume: the run in {self.root} was made with other settings: "

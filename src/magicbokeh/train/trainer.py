@@ -232,10 +232,12 @@ class Trainer:
         *,
         resume: bool = False,
         on_step_end: Callable[[int], None] | None = None,
+        setting_defaults: dict[str, Any] | None = None,
     ) -> None:
         self.task = task
         self.settings = settings
         self.resume = resume
+        self.setting_defaults = setting_defaults
         self.on_step_end = on_step_end
         self.run_folder = RunFolder(settings["output"])
 
@@ -289,7 +291,9 @@ class Trainer:
         run = self.run_folder
         stored = None
         if self.resume:
-            stored = run.check_resume(self.task.name, self.settings, self._changeable())
+            stored = run.check_resume(
+                self.task.name, self.settings, self._changeable(), self.setting_defaults
+            )
         else:
             run.check_new()
         accelerator.wait_for_everyone()  # every process has checked before the main one writes
