@@ -173,6 +173,25 @@ def test_one_batch_is_seeded_and_trains_only_the_student(teacher) -> None:
     assert float(weighted.total.detach()) == pytest.approx(2 * float(losses.output), rel=1e-5)
 
 
+def test_training_output_loss_is_the_evaluation_gap(teacher) -> None:
+    """The training term and the reported gap are one number: same preprocessing of both inputs,
+    no train/eval-mode difference in the student."""
+    student = make_student(teacher)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the student off the teacher so the gap is not zero
+        for parameter in student.head.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    settings = DistillSettings(feature_layers=tapped_layers(teacher))
+    clean = crops(2, seed=4)
+    losses = distillation_loss(
+        teacher, student, clean, generator=torch.Generator().manual_seed(5), settings=settings
+    )
+    assert student.training
+    gap = output_gap(student.eval(), teacher, losses.lq, clean)
+    assert float(gap) > 0
+    assert torch.allclose(losses.output, gap, rtol=1e-5, atol=1e-7)
+
+
 def test_a_few_steps_bring_the_student_closer_to_the_clean_teacher(teacher) -> None:
     student = make_student(teacher)
     settings = DistillSettings(feature_layers=tapped_layers(teacher))
