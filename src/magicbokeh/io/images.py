@@ -44,6 +44,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io.atomic import atomic_write
+from magicbokeh.io.png import write_png
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so decoding needs no torch
     import torch
@@ -517,32 +518,9 @@ def _checked_float(array: np.ndarray, name: str, *, ndim: int) -> np.ndarray:
 
 
 def _write_png(file: Path, codes: np.ndarray, icc_profile: bytes | None) -> None:
-    if codes.dtype == np.uint8:
-        mode = "RGBA" if codes.shape[2] == 4 else "RGB"
-        options = {"icc_profile": icc_profile} if icc_profile else {}
-        Image.fromarray(codes, mode).save(
-            file,
-            format="PNG",
-            compress_level=PNG_ZLIB_LEVEL,
-            compress_type=PNG_ZLIB_STRATEGY,  # Pillow's name for the zlib strategy
-            **options,
-        )
-        return
-    ok, encoded = cv2.imencode(".png", _bgr_to_rgb(codes))  # the same swap turns RGB into BGR
-    if not ok:
-        raise MagicBokehError(f"could not encode {file} as PNG")
-    data = encoded.tobytes()
-    if icc_profile:
-        data = _insert_png_iccp(data, icc_profile)
-    file.write_bytes(data)
-
-
-def _insert_png_iccp(png: bytes, icc_profile: bytes) -> bytes:
-    """Insert an ``iCCP`` chunk right after ``IHDR`` (8-byte signature + 25-byte IHDR)."""
-    body = b"ICC Profile\x00\x00" + zlib.compress(icc_profile)
-    chunk = struct.pack(">I", len(body)) + b"iCCP" + body
-    chunk += struct.pack(">I", zlib.crc32(b"iCCP" + body) & 0xFFFFFFFF)
-    return png[:33] + chunk + png[33:]
+    write_png(
+        file, codes, icc_profile=icc_profile, level=PNG_ZLIB_LEVEL, strategy=PNG_ZLIB_STRATEGY
+    )
 
 
 # ----------------------------------------------------------------------------------------
