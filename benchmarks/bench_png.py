@@ -13,8 +13,8 @@ is the median over the rounds of wall seconds and CPU seconds (the process's use
 time, all threads), and the file size. The 1-minute load average is printed: on a shared
 machine a second thread only helps when a second core is free.
 
-Also: how the fixed Paeth filter compares with the other PNG filters (one thread, file size
-and CPU seconds), which is why ``write_png`` uses Paeth for every row.
+Also: how the filter ``write_png`` uses for every row (Paeth for 8-bit, Up for 16-bit)
+compares with the other PNG filters (one thread: CPU seconds and file size).
 
 Usage (from the repository root): ``python benchmarks/bench_png.py [--rounds N] [--quick]
 [--markdown OUT.md]``
@@ -132,22 +132,34 @@ def filtered(samples: np.ndarray, name: str) -> np.ndarray:
 
 
 def filter_costs(images: dict[str, np.ndarray]) -> list[str]:
-    """Size and CPU seconds of each PNG filter used for every row (zlib 1 + RLE, 1 thread)."""
+    """Size and CPU seconds of each PNG filter used for every row (zlib 1 + RLE, 1 thread).
+
+    8-bit: the five PNG filters; 16-bit: Up (what ``write_png`` uses) and Paeth.
+    """
+    from magicbokeh.io.png import PAETH, UP, filter_rows
+
     rows = []
-    for scene, rgb in images.items():
-        samples = to_codes(rgb, 8).reshape(rgb.shape[0], -1)
-        for name in FILTERS:
-            start = time.process_time()
-            data = filtered(samples, name)
-            filter_cpu = time.process_time() - start
-            start = time.process_time()
-            compressor = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
-            size = len(compressor.compress(data)) + len(compressor.flush())
-            zlib_cpu = time.process_time() - start
-            rows.append(
-                f"| {scene} | {name} | {filter_cpu:.2f} | {zlib_cpu:.2f} | {size / 1e6:.2f} |"
-            )
-            print(rows[-1], flush=True)
+    for bits in (8, 16):
+        for scene, rgb in images.items():
+            samples = to_codes(rgb, bits).reshape(rgb.shape[0], -1)
+            names = FILTERS if bits == 8 else ("Up (write_png)", "Paeth")
+            for name in names:
+                start = time.process_time()
+                if bits == 8:
+                    data = filtered(samples, name)
+                else:
+                    kind = UP if name.startswith("Up") else PAETH
+                    data = filter_rows(samples, 0, samples.shape[0], 6, kind)
+                filter_cpu = time.process_time() - start
+                start = time.process_time()
+                compressor = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+                size = len(compressor.compress(data)) + len(compressor.flush())
+                zlib_cpu = time.process_time() - start
+                rows.append(
+                    f"| {scene} | {bits} | {name} | {filter_cpu:.2f} | {zlib_cpu:.2f} | "
+                    f"{size / 1e6:.2f} |"
+                )
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -182,10 +194,10 @@ def main() -> None:
     folder.rmdir()
     lines += [
         "",
-        "## PNG filters, 8-bit (every row the same filter, zlib 1 + RLE, one thread)",
+        "## PNG filters (every row the same filter, zlib 1 + RLE, one thread, one run)",
         "",
-        "| scene | filter | filter CPU s | zlib CPU s | file MB |",
-        "|---|---|---|---|---|",
+        "| scene | bits | filter | filter CPU s | zlib CPU s | file MB |",
+        "|---|---|---|---|---|---|",
         *filter_costs(images),
         "",
         f"Load average at the end: {load()}.",

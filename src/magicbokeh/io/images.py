@@ -66,10 +66,16 @@ MAX_PIXELS = 200_000_000
 The environment variable ``MAGICBOKEH_MAX_PIXELS`` overrides it."""
 
 #: Lossless encoder settings, chosen by measurement (``benchmarks/bench_render_command.py``,
-#: docs/benchmarks_physical.md): 8-bit PNG with zlib's run-length strategy after PNG's
-#: per-row filters is 4-7x faster than Pillow's default (level 6) and within a few percent of
-#: its size (often smaller on photos); TIFF with the horizontal predictor and zlib level 1 is
-#: faster and smaller than plain zlib.
+#: ``benchmarks/bench_png.py``, docs/benchmarks_png.md): 8-bit PNG with zlib's run-length
+#: strategy after PNG's per-row filters is 4-7x faster than Pillow's default (level 6) and
+#: within a few percent of its size (often smaller on photos); TIFF with the horizontal
+#: predictor and zlib level 1 is faster and smaller than plain zlib. PNGs are written by
+#: :func:`magicbokeh.io.png.write_png` (Paeth filter for 8-bit, Up for 16-bit, bands of rows
+#: compressed on up to 4 threads). On the two rendered 12 MP scenes of ``bench_png.py``
+#: (2-core CPU dev machine, shared, load 4-5: median of 7 rounds), 8-bit: 0.35-0.44 CPU s
+#: against 0.51-0.60 for Pillow at these zlib settings, the same size (+0.3%); 16-bit:
+#: 0.62-0.67 CPU s against 0.75-0.82 for OpenCV, 0-4% smaller. Wall time on 2 threads
+#: could not be measured on a quiet machine (the shared one gave this process one core).
 PNG_ZLIB_LEVEL = 1
 PNG_ZLIB_STRATEGY = zlib.Z_RLE
 TIFF_ZLIB_LEVEL = 1
