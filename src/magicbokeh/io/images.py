@@ -72,10 +72,11 @@ The environment variable ``MAGICBOKEH_MAX_PIXELS`` overrides it."""
 #: predictor and zlib level 1 is faster and smaller than plain zlib. PNGs are written by
 #: :func:`magicbokeh.io.png.write_png` (Paeth filter for 8-bit, Up for 16-bit, bands of rows
 #: compressed on up to 4 threads). On the two rendered 12 MP scenes of ``bench_png.py``
-#: (2-core CPU dev machine, shared, load 4-5: median of 7 rounds), 8-bit: 0.35-0.44 CPU s
-#: against 0.51-0.60 for Pillow at these zlib settings, the same size (+0.3%); 16-bit:
-#: 0.62-0.67 CPU s against 0.75-0.82 for OpenCV, 0-4% smaller. Wall time on 2 threads
-#: could not be measured on a quiet machine (the shared one gave this process one core).
+#: (2-core CPU dev machine, nearly idle, median of 7 rounds), 8-bit: 0.22-0.23 s wall and
+#: 0.42-0.43 CPU s on 2 threads against 0.51-0.58 s (wall = CPU) for Pillow at these zlib
+#: settings, the same size (+0.3%); 16-bit: 0.34-0.35 s wall against 0.73-0.80 s for
+#: OpenCV, 0-4% smaller. When the machine is busy and the process gets one core, the
+#: threads bring nothing and the gain is the CPU time alone (8-bit: 0.36-0.42 s on 1 thread).
 PNG_ZLIB_LEVEL = 1
 PNG_ZLIB_STRATEGY = zlib.Z_RLE
 TIFF_ZLIB_LEVEL = 1
