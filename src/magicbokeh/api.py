@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 
@@ -304,6 +303,8 @@ def _rescaled(
     """
     if scale == 1.0:
         return loaded.rgb, loaded.alpha, disparity
+    import cv2  # here: a render at scale 1 needs no OpenCV
+
     height, width = loaded.rgb.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     upsample = cv2.INTER_LANCZOS4 if engine == "physical" else cv2.INTER_CUBIC

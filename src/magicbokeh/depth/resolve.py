@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magicbokeh.depth.heuristic import heuristic_disparity
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.extras import require
 from magicbokeh.io import load_depth, match_depth_to_image, read_embedded_depth
@@ -77,7 +76,7 @@ def resolve_depth(
         learned = _learned(rgb, device)
         if learned is not None:
             return learned
-        return ResolvedDepth(heuristic_disparity(rgb), "heuristic", HEURISTIC_WARNING)
+        return ResolvedDepth(_heuristic(rgb), "heuristic", HEURISTIC_WARNING)
     if depth == "embedded":
         embedded = _embedded(image_path)
         if embedded is None:
@@ -87,7 +86,7 @@ def resolve_depth(
             )
         return ResolvedDepth(match_depth_to_image(embedded, height, width), "embedded")
     if depth == "heuristic":
-        return ResolvedDepth(heuristic_disparity(rgb), "heuristic", HEURISTIC_WARNING)
+        return ResolvedDepth(_heuristic(rgb), "heuristic", HEURISTIC_WARNING)
     path = Path(str(depth))
     disparity = load_depth(path, kind=kind, normalize=normalize)
     if not normalize:
@@ -115,3 +114,11 @@ def _learned(rgb: np.ndarray, device: torch.device | None) -> ResolvedDepth | No
         disparity = estimator(image.to(device or "cpu"))[0, 0].float().cpu().numpy()
         return ResolvedDepth(disparity, f"model:{name}")
     return None
+
+
+def _heuristic(rgb: np.ndarray) -> np.ndarray:
+    """:func:`magicbokeh.depth.heuristic.heuristic_disparity`, imported when first needed
+    (it brings OpenCV, which a render with a depth file does not use)."""
+    from magicbokeh.depth.heuristic import heuristic_disparity
+
+    return heuristic_disparity(rgb)

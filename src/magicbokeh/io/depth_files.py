@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import cv2
 import numpy as np
 import tifffile
 
@@ -159,6 +158,8 @@ def check_disparity(values: np.ndarray, source: str = "the depth array") -> None
 def encode_disparity(disparity: np.ndarray) -> bytes:
     """``H×W`` disparity in [0, 1] → 16-bit gray PNG bytes, code ``round(d·65535)`` (clipped)."""
     codes = np.rint(np.clip(disparity, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    import cv2
+
     ok, encoded = cv2.imencode(".png", codes)
     if not ok:
         raise MagicBokehError("could not encode the disparity map as PNG")
@@ -197,6 +198,8 @@ def _read_npy(file: Path) -> np.ndarray:
 
 
 def _read_8_or_16_bit_image(file: Path) -> np.ndarray:
+    import cv2
+
     data = cv2.imdecode(np.fromfile(file, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if data is None:
         raise ValueError("the image data is incomplete or not an image")
@@ -327,6 +330,8 @@ def match_depth_to_image(
             "aspect ratios differ; give a map of the same framing (rotate or crop it to match)"
         )
     shrinking = height * width < h * w
+    import cv2
+
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     resized = cv2.resize(array.astype(np.float32), (width, height), interpolation=interpolation)
     return resized.astype(np.float32)

@@ -39,7 +39,6 @@ import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
@@ -367,6 +366,8 @@ def _dynamic_depth(
         encoded = data[start : start + lengths[index]]
         if start < 0 or lengths[index] <= 0 or len(encoded) != lengths[index]:
             continue
+        import cv2
+
         values = cv2.imdecode(np.frombuffer(encoded, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if values is not None:
             break
@@ -391,6 +392,8 @@ def _gdepth(file: Path, props: dict[tuple[str, str], str]) -> np.ndarray | None:
         raw = base64.b64decode("".join(encoded.split()), validate=True)
     except (binascii.Error, ValueError):
         raw = b""
+    import cv2
+
     values = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
     if values is None:
         raise MagicBokehError(

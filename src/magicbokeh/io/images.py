@@ -36,10 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import pillow_heif
-import tifffile
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from magicbokeh.errors import MagicBokehError
@@ -308,6 +306,8 @@ def _png_bit_depth(file: Path) -> int:
 
 def _decode_png16(file: Path) -> tuple[np.ndarray, int]:
     data = np.fromfile(file, dtype=np.uint8)
+    import cv2  # here: reading an 8-bit photo needs no OpenCV
+
     pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise ValueError("PNG data is incomplete")
@@ -327,6 +327,8 @@ def _load_tiff(file: Path, max_pixels: int) -> LoadedImage | None:
 
     Returns None for layouts it leaves to Pillow (palette, CMYK, YCbCr, multi-page stacks).
     """
+    import tifffile  # here: only TIFF files need it
+
     try:
         with tifffile.TiffFile(file) as tif:
             page = tif.pages.first
@@ -488,6 +490,8 @@ def save_image(
         if suffix == ".png":
             _write_png(temporary, codes, icc_profile)
         elif suffix in (".tif", ".tiff"):
+            import tifffile
+
             tifffile.imwrite(
                 temporary,
                 codes,
