@@ -33,13 +33,7 @@ FAST = ["--resolution", "64", "--batch-size", "2", "--lpips-weight", "0", "--num
 FAST += ["--device", "cpu", "--log-every", "1", "--sample-every", "0", "-q"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine this is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
