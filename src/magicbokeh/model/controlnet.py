@@ -32,11 +32,12 @@ except (ImportError, RuntimeError):  # diffusers wraps failed lazy imports in Ru
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.model.unet import MagicBokehUNet, prune_cross_attention, time_embedding
 
-__all__ = ["MagicBokehControlNet", "controlnet_kwargs_from_config"]
+__all__ = ["UNET_SHARED_ARGS", "MagicBokehControlNet", "controlnet_kwargs_from_config"]
 
-_CONTROLNET_ARGS = (
+#: UNet config entries the injector shares with its UNet (what ``ControlNetModel.from_unet``
+#: carries over).
+UNET_SHARED_ARGS = (
     "in_channels",
-    "conditioning_channels",
     "flip_sin_to_cos",
     "freq_shift",
     "down_block_types",
@@ -53,6 +54,10 @@ _CONTROLNET_ARGS = (
     "use_linear_projection",
     "upcast_attention",
     "resnet_time_scale_shift",
+)
+_CONTROLNET_ARGS = (
+    *UNET_SHARED_ARGS,
+    "conditioning_channels",
     "conditioning_embedding_out_channels",
 )
 

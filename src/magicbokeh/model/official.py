@@ -25,7 +25,7 @@ import torch
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.io.atomic import ensure_folder_writable, staged_folder
-from magicbokeh.model.controlnet import controlnet_kwargs_from_config
+from magicbokeh.model.controlnet import UNET_SHARED_ARGS, controlnet_kwargs_from_config
 from magicbokeh.model.network import (
     DOWNLOAD_HINT,
     NETWORK_SUBFOLDER,
@@ -180,32 +180,10 @@ def controlnet_config_from_unet(
             "the checkpoint's ControlNet has no conditioning embedding; it is not a MagicBokeh "
             "injector"
         ) from None
-    config = {k: v for k, v in unet_config.items() if k in _FROM_UNET_KEYS}
+    config = {k: v for k, v in unet_config.items() if k in UNET_SHARED_ARGS}
     config["conditioning_channels"] = int(conv_in.shape[1])
     config["conditioning_embedding_out_channels"] = outs
     return config
-
-
-# UNet config entries that ``ControlNetModel.from_unet`` carries over.
-_FROM_UNET_KEYS = (
-    "in_channels",
-    "flip_sin_to_cos",
-    "freq_shift",
-    "down_block_types",
-    "block_out_channels",
-    "layers_per_block",
-    "downsample_padding",
-    "act_fn",
-    "norm_num_groups",
-    "norm_eps",
-    "cross_attention_dim",
-    "transformer_layers_per_block",
-    "attention_head_dim",
-    "num_attention_heads",
-    "use_linear_projection",
-    "upcast_attention",
-    "resnet_time_scale_shift",
-)
 
 
 def _base_part(base_dir: Path, part: str, config_name: str) -> tuple[dict[str, Any], Path]:
