@@ -27,8 +27,9 @@ from magicbokeh.depth.depth_anything import DepthAnythingEstimator  # noqa: E402
 from magicbokeh.train.depth_task import student_from_run  # noqa: E402
 from magicbokeh.train.logs import read_metrics  # noqa: E402
 from magicbokeh.train.run_folder import RunFolder  # noqa: E402
-from test_train_model import one_thread  # noqa: E402, F401 - the module's one-thread fixture
 from tiny_depth import tiny_model  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = ["--resolution", "28", "--batch-size", "2", "--num-workers", "0", "--device", "cpu"]
 FAST += ["--log-every", "1", "--sample-every", "0", "--val-every", "0", "-q"]
