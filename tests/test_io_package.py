@@ -28,3 +28,13 @@ def test_reading_a_photo_imports_neither_opencv_nor_the_depth_readers() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_depth_readers_import_neither_tifffile_nor_opencv_until_needed() -> None:
+    code = (
+        "import sys\n"
+        "import magicbokeh.api, magicbokeh.depth.resolve, magicbokeh.io.depth_files\n"
+        "print(sorted(m for m in ('cv2', 'tifffile') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

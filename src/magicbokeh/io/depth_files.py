@@ -33,7 +33,6 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import tifffile
 
 from magicbokeh.errors import MagicBokehError
 from magicbokeh.extras import require
@@ -213,6 +212,8 @@ def _read_8_or_16_bit_image(file: Path) -> np.ndarray:
 
 
 def _read_tiff(file: Path) -> np.ndarray:
+    import tifffile  # here: only TIFF maps need it (slow to import)
+
     with tifffile.TiffFile(file) as tif:
         page = tif.pages.first
         data = page.asarray()
@@ -372,6 +373,8 @@ def save_depth(
         elif suffix == ".png":
             temporary.write_bytes(encode_disparity(values))
         elif suffix in (".tif", ".tiff"):
+            import tifffile
+
             tifffile.imwrite(temporary, values, photometric="minisblack", compression="zlib")
         elif suffix == ".exr":
             openexr = _openexr()
