@@ -268,12 +268,16 @@ def main() -> None:
     argv += ["--lr-warmup-steps", args.lr_warmup_steps]
     argv += ["--checkpoint-every", args.steps, "--sample-every", args.steps]
     argv += ["--device", "cpu", "--num-workers", "0", "-o", run, *args.extra, "-q"]
-    start = time.perf_counter()
-    code = cli.main([str(a) for a in argv])
-    elapsed = time.perf_counter() - start
-    if code != 0:
-        raise SystemExit(code)
-    print(f"{args.steps} steps in {elapsed:.0f} s ({elapsed / args.steps:.2f} s/step), run {run}")
+    if args.steps in RunFolder(run).checkpoint_steps():
+        print(f"run {run} has its step-{args.steps} checkpoint: scoring it again")
+    else:
+        start = time.perf_counter()
+        code = cli.main([str(a) for a in argv])
+        elapsed = time.perf_counter() - start
+        if code != 0:
+            raise SystemExit(code)
+        per_step = elapsed / args.steps
+        print(f"{args.steps} steps in {elapsed:.0f} s ({per_step:.2f} s/step), run {run}")
     for record in read_metrics(RunFolder(run).metrics_path):
         if record["split"] == "val":
             ratio = record["output"] / record["teacher_output"]
@@ -284,7 +288,10 @@ def main() -> None:
 
     teacher_model = load_teacher(teacher)
     student, _ = student_from_run(RunFolder(run))
-    settings = DistillSettings(feature_layers=tapped_layers(teacher_model))
+    # Score with the degradation the run trained on (``--degradation-scale``).
+    scale = int(RunFolder(run).read_run("depth")["settings"]["degradation_scale"])
+    settings = DistillSettings(feature_layers=tapped_layers(teacher_model), degrade_scale=scale)
+    print(f"scoring with the ×{scale} degradation of the run")
     held_out = {
         "unseen scenes, same photos": ("same", slice(0, HELD_OUT)),
         "unseen scenes, other photos": ("other", slice(None)),

@@ -120,7 +120,7 @@ def render_physical(
         rendered = scene.render_tile(tile, depth, (y0, x0), local_core, (height, width))
         kept = rendered[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
         encoded = linear_to_srgb(unboost_highlights(kept, highlight).clamp(0.0, 1.0))
-        output[b, :, cy0:cy1, cx0:cx1] = encoded.to(image.dtype)
+        output[b, :, cy0:cy1, cx0:cx1] = encoded
 
     parallel = image.device.type == "cpu" and not (torch.is_grad_enabled() and image.requires_grad)
     with _tile_workers(len(jobs) if parallel else 1) as run:
@@ -233,9 +233,10 @@ class _Scene:
             for layer in range(math.floor(float(u.min())), math.ceil(float(u.max())) + 1)
             if bool(((lo < layer + 1) & (hi > layer - 1)).any())
         ]
-        result = torch.empty_like(linear)
+        result = linear.new_empty(linear.shape) if len(self.groups) > 1 else linear
         for channels, scale in self.groups:
-            stack = LayerStack(linear[channels], u, origin, image_size, self.shape)
+            group = linear if len(channels) == len(linear) else linear[channels]
+            stack = LayerStack(group, u, origin, image_size, self.shape)
             radii = [layer_radius(layer) * scale for layer in present]
             jobs = []
             for layer, radius in zip(present, radii, strict=True):
@@ -253,6 +254,8 @@ class _Scene:
             front = [job for job in jobs if job[0] > 0]
             for job in behind + front[::-1]:
                 stack.add_layer(*job)
+            if len(self.groups) == 1:
+                return stack.resolve()
             result[channels] = stack.resolve()
         return result
 
