@@ -89,7 +89,36 @@ def push_pull_fill(planes: Tensor, levels: int, hidden: Tensor) -> Tensor:
     multiples of ``2**levels``. The pull fills every pixel with the premultiplied colour of the
     nearest content within about ``2**levels`` pixels, with a weight that falls off with
     distance (0 where no content is within reach); returns ``planes + hidden * filled``.
+
+    Only the neighbourhood of the hidden area is computed: ``filled`` at a pixel depends on the
+    planes within ``2**levels`` pixels of it (each bilinear step reads one coarse pixel around),
+    so a crop grown by that much and aligned to the ``2**levels`` grid gives the same values
+    there, and outside the hidden area the result is ``planes`` itself.
     """
+    step = 1 << levels
+    height, width = planes.shape[-2:]
+    rows = hidden.amax(dim=(0, 1, 3)).nonzero()
+    cols = hidden.amax(dim=(0, 1, 2)).nonzero()
+    if rows.numel() == 0:
+        return planes.clone()
+    y0, y1 = _grown(int(rows[0]), int(rows[-1]) + 1, step, height)
+    x0, x1 = _grown(int(cols[0]), int(cols[-1]) + 1, step, width)
+    if (y0, y1, x0, x1) == (0, height, 0, width):
+        return _push_pull_fill_whole(planes, levels, hidden)
+    out = planes.clone()
+    out[..., y0:y1, x0:x1] = _push_pull_fill_whole(
+        planes[..., y0:y1, x0:x1], levels, hidden[..., y0:y1, x0:x1]
+    )
+    return out
+
+
+def _grown(start: int, stop: int, step: int, length: int) -> tuple[int, int]:
+    """``[start, stop)`` grown by ``step`` on both sides, aligned to ``step``, within length."""
+    return max((start - step) // step * step, 0), min(-(-(stop + step) // step) * step, length)
+
+
+def _push_pull_fill_whole(planes: Tensor, levels: int, hidden: Tensor) -> Tensor:
+    """:func:`push_pull_fill` computed over the whole of ``planes``."""
     pyramid = [planes]
     for _ in range(levels):
         pyramid.append(F.avg_pool2d(pyramid[-1], 2))
