@@ -14,7 +14,8 @@ Four stages, each cached in ``--work`` (delete a stage's folder to redo it):
 3. **distill**: the real command, ``magicbokeh train depth`` on the training scenes (112-px
    crops, ×4 degradation, batch 8, 500 steps, lr 3e-5 encoder / 1e-4 head after a 100-step
    warm-up, feature and output weights 1).
-4. **score**: per held-out set, centre crops with one fixed degradation: the teacher's gap
+4. **score**: per held-out set, centre crops, each degraded with ``--score-seeds`` fixed
+   degradations (the run's ``--degradation-scale``; gaps averaged over them): the teacher's gap
    (teacher(LQ) vs teacher(clean)), the student's (student(LQ) vs teacher(clean)), their
    ratio (below 1: the student sees through the degradation better than the teacher) and the
    student's drift on clean crops (student(clean) vs teacher(clean)).
@@ -221,6 +222,9 @@ def main() -> None:
     parser.add_argument("--feature-weight", type=float, default=1.0)
     parser.add_argument("--lr-warmup-steps", type=int, default=100)
     parser.add_argument(
+        "--score-seeds", type=int, default=4, help="degradations per held-out crop when scoring"
+    )
+    parser.add_argument(
         "--work", type=Path, help="folder for data, teacher and run (default: temporary)"
     )
     parser.add_argument("extra", nargs="*", help="more `train depth` flags, after --")
@@ -299,20 +303,26 @@ def main() -> None:
     for name, (key, rows) in held_out.items():
         clean = centre(to_tensor(scenes[key][rows]))
         truth = centre(torch.from_numpy(scenes[f"{key}_disparity"][rows]))
-        lq = degrade_crops(clean, torch.Generator().manual_seed(SCORE_SEED), settings)
-        teacher_gap = float(output_gap(teacher_model, teacher_model, lq, clean))
-        student_gap = float(output_gap(student, teacher_model, lq, clean))
+        gaps = []  # per degradation seed: teacher(LQ), student(LQ), and both against truth
+        for seed in range(SCORE_SEED, SCORE_SEED + args.score_seeds):
+            lq = degrade_crops(clean, torch.Generator().manual_seed(seed), settings)
+            gaps.append(
+                (
+                    float(output_gap(teacher_model, teacher_model, lq, clean)),
+                    float(output_gap(student, teacher_model, lq, clean)),
+                    gt_gap(teacher_model, lq, truth),
+                    gt_gap(student, lq, truth),
+                )
+            )
+        teacher_gap, student_gap, teacher_truth, student_truth = np.mean(gaps, axis=0)
+        ratios = [student / teacher for teacher, student, _, _ in gaps]
         drift = float(output_gap(student, teacher_model, clean, clean))
-        truth_gaps = [
-            gt_gap(m, x, truth)
-            for m, x in ((teacher_model, clean), (teacher_model, lq), (student, lq))
-        ]
         print(
             f"{name}: teacher(LQ) gap {teacher_gap:.4f}, student(LQ) gap {student_gap:.4f}, "
-            f"ratio {student_gap / teacher_gap:.3f}, student(HQ) drift {drift:.4f}; against "
-            "true disparity: teacher(HQ) {:.3f}, teacher(LQ) {:.3f}, student(LQ) {:.3f}".format(
-                *truth_gaps
-            )
+            f"ratio {student_gap / teacher_gap:.3f} (per degradation {min(ratios):.3f}–"
+            f"{max(ratios):.3f}), student(HQ) drift {drift:.4f}; against true disparity: "
+            f"teacher(HQ) {gt_gap(teacher_model, clean, truth):.3f}, teacher(LQ) "
+            f"{teacher_truth:.3f}, student(LQ) {student_truth:.3f}"
         )
 
 
