@@ -233,7 +233,7 @@ class _Scene:
             for layer in range(math.floor(float(u.min())), math.ceil(float(u.max())) + 1)
             if bool(((lo < layer + 1) & (hi > layer - 1)).any())
         ]
-        result = linear.new_empty(linear.shape) if len(self.groups) > 1 else linear
+        resolved = []
         for channels, scale in self.groups:
             group = linear if len(channels) == len(linear) else linear[channels]
             stack = LayerStack(group, u, origin, image_size, self.shape)
@@ -254,9 +254,12 @@ class _Scene:
             front = [job for job in jobs if job[0] > 0]
             for job in behind + front[::-1]:
                 stack.add_layer(*job)
-            if len(self.groups) == 1:
-                return stack.resolve()
-            result[channels] = stack.resolve()
+            resolved.append((channels, stack.resolve()))
+        if len(resolved) == 1:  # one K for all channels: no copy into a result tensor
+            return resolved[0][1]
+        result = linear.new_empty(linear.shape)
+        for channels, colour in resolved:
+            result[channels] = colour
         return result
 
 
