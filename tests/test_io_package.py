@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -19,22 +20,19 @@ def test_every_exported_name_resolves_to_its_submodule() -> None:
         io_package.nothing  # noqa: B018
 
 
-def test_reading_a_photo_imports_neither_opencv_nor_the_depth_readers() -> None:
-    code = (
-        "import sys\n"
-        "from magicbokeh.io import load_image\n"
-        "print(sorted(m for m in ('cv2', 'magicbokeh.io.depth_files', 'magicbokeh.io.sidecar')"
-        " if m in sys.modules))\n"
-    )
+def _loaded_after(statement: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after running ``statement``."""
+    code = f"import json, sys\n{statement}\n"
+    code += f"print(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return json.loads(out.stdout)
+
+
+def test_reading_a_photo_imports_neither_opencv_nor_the_depth_readers() -> None:
+    modules = ("cv2", "magicbokeh.io.depth_files", "magicbokeh.io.sidecar")
+    assert _loaded_after("from magicbokeh.io import load_image", modules) == []
 
 
 def test_the_depth_readers_import_neither_tifffile_nor_opencv_until_needed() -> None:
-    code = (
-        "import sys\n"
-        "import magicbokeh.api, magicbokeh.depth.resolve, magicbokeh.io.depth_files\n"
-        "print(sorted(m for m in ('cv2', 'tifffile') if m in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    statement = "import magicbokeh.api, magicbokeh.depth.resolve, magicbokeh.io.depth_files"
+    assert _loaded_after(statement, ("cv2", "tifffile")) == []
