@@ -7,7 +7,8 @@ Four stages, each cached in ``--work`` (delete a stage's folder to redo it):
    the teacher's clean output is mostly predictable from a ×4-degraded view):
    ``--train-scenes`` training scenes and 48 held-out scenes (other random layouts, crops and
    cut-outs) of ten photos, 24 of them for validation during training and 24 for scoring,
-   and 24 held-out scenes of seven other photos.
+   and 24 held-out scenes of seven other photos. ``--textures N`` adds N procedural
+   dead-leaves images (``dead_leaves.py``) to the training scenes' sources.
 2. **teacher**: the tiny random Depth Anything V2 of ``shared/vectors/depth_anything_tiny``
    converted to a transformers folder, then pretrained briefly on the training scenes against
    their true disparity (scale-and-shift-invariant L1), so that its output means something.
@@ -43,6 +44,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from dead_leaves import dead_leaves  # noqa: E402
 from magicbokeh import cli  # noqa: E402
 from magicbokeh.data.scene import (  # noqa: E402
     Cutout,
@@ -84,16 +86,27 @@ HELD_OUT = 24
 SCORE_SEED = 12345
 
 
-def photo(name: str) -> np.ndarray:
-    """A scikit-image photo as ``H×W×3`` float32 sRGB in [0, 1], smoothed by :data:`SMOOTHING`."""
-    image = getattr(skimage.data, name)()
-    image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
-    image = image.astype(np.float32) / 255.0
+def smooth(image: np.ndarray) -> np.ndarray:
+    """``image`` (``H×W×3`` float32 in [0, 1]) downscaled by :data:`SMOOTHING` and back."""
     height, width = image.shape[:2]
     small = cv2.resize(
         image, (width // SMOOTHING, height // SMOOTHING), interpolation=cv2.INTER_AREA
     )
     return np.clip(cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+
+
+def photo(name: str) -> np.ndarray:
+    """A scikit-image photo as ``H×W×3`` float32 sRGB in [0, 1], smoothed by :data:`SMOOTHING`."""
+    image = getattr(skimage.data, name)()
+    image = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+    return smooth(image.astype(np.float32) / 255.0)
+
+
+def sources(names, textures: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+    """The photos ``names`` and ``textures`` dead-leaves images (seeded), all smoothed."""
+    rng = np.random.default_rng(seed)
+    images = {name: photo(name) for name in names}
+    return images | {f"leaves{i}": smooth(dead_leaves(rng)) for i in range(textures)}
 
 
 def blob_alpha(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -107,13 +120,16 @@ def blob_alpha(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return cv2.GaussianBlur(alpha, (0, 0), 0.7)
 
 
-def make_scenes(seed: int, names, count: int) -> tuple[np.ndarray, np.ndarray]:
+def make_scenes(
+    seed: int, photos: dict[str, np.ndarray], count: int, cutout_count: int = 24
+) -> tuple[np.ndarray, np.ndarray]:
     """``count`` in-focus layered scenes: sRGB ``N×S×S×3`` uint8 and disparity ``N×S×S`` float32
-    (larger = nearer), with depth haze; backgrounds and 24 blob cut-outs from ``names``."""
+    (larger = nearer), with depth haze; backgrounds and ``cutout_count`` blob cut-outs from
+    ``photos`` (name → ``H×W×3`` float32 sRGB)."""
     rng = np.random.default_rng(seed)
-    photos = {name: photo(name) for name in names}
+    names = list(photos)
     cutouts = {}
-    for index in range(24):
+    for index in range(cutout_count):
         source = photos[names[int(rng.integers(len(names)))]]
         height, width = int(rng.integers(60, 120)), int(rng.integers(60, 120))
         y = int(rng.integers(source.shape[0] - height))
@@ -214,6 +230,12 @@ def gt_gap(model, images: torch.Tensor, disparity: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-scenes", type=int, default=192)
+    parser.add_argument(
+        "--textures",
+        type=int,
+        default=0,
+        help="dead-leaves images added to the ten training photos (training scenes only)",
+    )
     parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -236,9 +258,11 @@ def main() -> None:
     data = work / "scenes.npz"
     if not data.is_file():
         start = time.perf_counter()
-        train, train_disparity = make_scenes(0, TRAIN_PHOTOS, args.train_scenes)
-        same, same_disparity = make_scenes(1, TRAIN_PHOTOS, 2 * HELD_OUT)
-        other, other_disparity = make_scenes(2, OTHER_PHOTOS, HELD_OUT)
+        train_sources = sources(TRAIN_PHOTOS, args.textures)
+        cutout_count = max(24, len(train_sources) // 2)
+        train, train_disparity = make_scenes(0, train_sources, args.train_scenes, cutout_count)
+        same, same_disparity = make_scenes(1, sources(TRAIN_PHOTOS), 2 * HELD_OUT)
+        other, other_disparity = make_scenes(2, sources(OTHER_PHOTOS), HELD_OUT)
         arrays = {"train": train, "same": same, "other": other}
         arrays |= {"train_disparity": train_disparity, "same_disparity": same_disparity}
         np.savez(data, other_disparity=other_disparity, **arrays)
