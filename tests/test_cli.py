@@ -354,6 +354,47 @@ def test_console_script_exit_code_and_no_traceback(tmp_path: Path) -> None:
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
 
+QUICK_EXIT_PROBE = """
+import atexit, sys
+from magicbokeh.cli import main
+
+class Finalised:
+    def __del__(self):
+        print("torn down")
+
+probe = Finalised()  # finalised only when the interpreter tears the module down
+atexit.register(lambda: print("exit handler ran"))
+sys.argv = ["magicbokeh", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(("command", "torn_down"), [("render", False), ("train", True)])
+def test_quick_exit_after_a_command_keeps_outputs_and_exit_handlers(
+    scene: dict[str, Path], tmp_path: Path, command: str, torn_down: bool
+) -> None:
+    """Run as the program, ``render`` ends without the interpreter's teardown (it costs
+    close to a second after a large render), yet its outputs, its message and the exit
+    handlers all complete; other commands (here ``train`` failing on bad input) end normally."""
+    out = tmp_path / "o.png"
+    argv = ["render", scene["image"], "-o", out, "--depth", scene["depth"], "--focus", "48,32"]
+    if command == "train":
+        argv = ["train", "depth", "--teacher", tmp_path / "missing", "--data", tmp_path]
+        argv += ["-o", tmp_path / "run"]
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK_EXIT_PROBE, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == (0 if command == "render" else 2), done.stderr
+    assert "exit handler ran" in done.stdout
+    assert ("torn down" in done.stdout) == torn_down
+    if command == "render":
+        assert f"wrote {out}" in done.stdout
+        assert Image.open(out).size == (96, 64) and Path(f"{out}.json").is_file()
+
+
 def test_demo_writes_renders_and_a_contact_sheet(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert run_cli("demo", "-o", out) == 0
