@@ -108,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code.
 
     Run as the program (``argv`` None), it first tunes the process's memory allocator for
-    image-sized buffers (:mod:`magicbokeh.allocator`).
+    image-sized buffers (:mod:`magicbokeh.allocator`), and after a command in
+    :data:`QUICK_EXIT` it ends the process itself instead of returning (see the module
+    docstring).
     """
     program = argv is None
     if program:
