@@ -261,7 +261,8 @@ def main() -> None:
         train_sources = sources(TRAIN_PHOTOS, args.textures)
         cutout_count = max(24, len(train_sources) // 2)
         train, train_disparity = make_scenes(0, train_sources, args.train_scenes, cutout_count)
-        same, same_disparity = make_scenes(1, sources(TRAIN_PHOTOS), 2 * HELD_OUT)
+        photos_only = {name: train_sources[name] for name in TRAIN_PHOTOS}
+        same, same_disparity = make_scenes(1, photos_only, 2 * HELD_OUT)
         other, other_disparity = make_scenes(2, sources(OTHER_PHOTOS), HELD_OUT)
         arrays = {"train": train, "same": same, "other": other}
         arrays |= {"train_disparity": train_disparity, "same_disparity": same_disparity}
